@@ -1,0 +1,1 @@
+"""The Kamiwaza gateway service: authentication, OPA decisions, forwarding."""

@@ -1,0 +1,1 @@
+"""Metrics, audit records and audit sinks of the Kamiwaza gateway."""

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Every check CI runs, in order of speed. Called by `make test` (after set-up)
+# and therefore by .ci/run.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+BIN=.venv/bin
+OPA="${KAMIWAZA_OPA_BIN:-.tools/bin/opa}"
+export KAMIWAZA_OPA_BIN="$(cd "$(dirname "$OPA")" && pwd)/$(basename "$OPA")"
+BUILD=build/ci-policy
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "ruff"
+"$BIN/ruff" check .
+"$BIN/ruff" format --check .
+
+step "mypy"
+"$BIN/mypy"
+
+step "compile the example policy"
+rm -rf "$BUILD"
+"$BIN/kamiwaza" policy compile policies/routing.yaml -o "$BUILD"
+
+step "opa fmt"
+"$KAMIWAZA_OPA_BIN" fmt --fail --list rego "$BUILD"
+
+step "opa check --strict"
+"$KAMIWAZA_OPA_BIN" check --strict rego "$BUILD"
+
+step "opa test (with coverage)"
+"$KAMIWAZA_OPA_BIN" test rego "$BUILD"
+"$KAMIWAZA_OPA_BIN" test --coverage --format json rego "$BUILD" > build/coverage.json
+"$BIN/python" scripts/coverage_report.py build/coverage.json --threshold 90
+
+step "pytest"
+"$BIN/pytest" "$@"
