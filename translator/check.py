@@ -1,0 +1,481 @@
+"""Check stage: turn a located YAML document into a :class:`Policy`, collecting
+every error and warning rather than stopping at the first.
+
+Checks: top-level shape and version, rule keys and value types, comparison
+strings, empty matches, placement and count of `default`, duplicate rule names,
+route targets against the endpoint registry, the `tests:` section, and rules
+that can never match because an earlier rule shadows them (a warning).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from translator.errors import (
+    BAD_COMPARISON,
+    BAD_VALUE,
+    DEFAULT_NOT_LAST,
+    DEFAULT_TWICE,
+    DUPLICATE_RULE_NAME,
+    EMPTY_MATCH,
+    MISSING_KEY,
+    SHADOWED_RULE,
+    UNKNOWN_ENDPOINT,
+    UNKNOWN_KEY,
+    UNSUPPORTED_VERSION,
+    Diagnostic,
+    Position,
+    did_you_mean,
+    warning,
+)
+from translator.model import (
+    LABEL_PREFIX,
+    MATCH_FIELDS,
+    Condition,
+    DefaultRule,
+    FieldKind,
+    NumberCondition,
+    Policy,
+    PolicyTest,
+    Rule,
+    StringCondition,
+)
+from translator.registry import Registry
+from translator.shadow import shadowing_rule
+from translator.source import Document, LMap, LNode, LScalar, LSeq, plain
+from translator.validate import Collector
+
+SUPPORTED_VERSIONS = ("v1",)
+TOP_KEYS = ("version", "description", "rules", "tests")
+RULE_KEYS = ("name", "description", "match", "route_to", "fallback")
+DEFAULT_KEYS = ("route_to", "fallback")
+TEST_KEYS = ("name", "input", "expect")
+EXPECT_KEYS = ("route_to", "rule", "fallback", "deny")
+
+# Fields of the input document (DESIGN.md, "Input document") and their types,
+# so that a test example cannot silently use a shape the gateway never sends.
+_STRING = ((str,), "a string")
+_NUMBER_T = ((int, float), "a number")
+_MAPPING = ((dict,), "a mapping")
+INPUT_FIELDS: Mapping[str, tuple[tuple[type, ...], str]] = {
+    "tenant": _STRING,
+    "user": _MAPPING,
+    "data_class": _STRING,
+    "latency_budget_ms": _NUMBER_T,
+    "cost_cap_per_1k": _NUMBER_T,
+    "model": _STRING,
+    "labels": _MAPPING,
+    "request": _MAPPING,
+}
+USER_FIELDS = ("id", "roles")
+
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_COMPARISON_RE = re.compile(rf"^\s*(<=|>=|==|!=|<|>)\s*({_NUMBER})\s*$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def check_policy(doc: Document, registry: Registry) -> tuple[Policy, list[Diagnostic]]:
+    """Validate `doc` against the language and `registry`.
+
+    Returns the policy built from whatever was valid, and all diagnostics. The
+    policy is only meaningful when no diagnostic is an error.
+    """
+    checker = _PolicyChecker(doc, registry)
+    policy = checker.run()
+    return policy, checker.out.diagnostics
+
+
+class _PolicyChecker:
+    def __init__(self, doc: Document, registry: Registry) -> None:
+        self.doc = doc
+        self.registry = registry
+        self.out = Collector()
+        self.out.diagnostics.extend(doc.diagnostics)
+
+    def run(self) -> Policy:
+        rules: list[Rule] = []
+        default: DefaultRule | None = None
+        tests: list[PolicyTest] = []
+        empty = Policy(self.doc.path, (), None, ())
+        root_node = self.doc.root
+        if root_node is None:
+            if not self.doc.diagnostics:
+                self.out.err(
+                    MISSING_KEY,
+                    "the policy is empty: it needs 'version: v1' and a 'rules' list",
+                    Position(self.doc.path, 1, 1),
+                )
+            return empty
+        root = self.out.expect_map(root_node, "the policy", root_node.pos)
+        if root is None:
+            return empty
+        self.out.check_keys(root, TOP_KEYS, "the policy", required=("version", "rules"))
+        self._check_version(root)
+        rules_node = root.get("rules")
+        if rules_node is not None and (seq := self.out.expect_seq(rules_node, "'rules'")):
+            rules, default = self._check_rules(seq)
+        tests_node = root.get("tests")
+        if tests_node is not None and (seq := self.out.expect_seq(tests_node, "'tests'")):
+            rule_names = {rule.name for rule in rules} | ({"default"} if default else set())
+            tests = self._check_tests(seq, rule_names)
+        return Policy(self.doc.path, tuple(rules), default, tuple(tests))
+
+    def _check_version(self, root: LMap) -> None:
+        node = root.get("version")
+        if node is None:
+            return
+        value = node.value if isinstance(node, LScalar) else None
+        if value not in SUPPORTED_VERSIONS:
+            shown = value if isinstance(value, str) else plain(node)
+            self.out.err(
+                UNSUPPORTED_VERSION,
+                f"unsupported policy version {shown!r}; this translator supports "
+                + ", ".join(SUPPORTED_VERSIONS),
+                node.pos,
+                "write 'version: v1'",
+            )
+
+    # -- rules -------------------------------------------------------------
+
+    def _check_rules(self, seq: LSeq) -> tuple[list[Rule], DefaultRule | None]:
+        rules: list[Rule] = []
+        default: DefaultRule | None = None
+        names: dict[str, Position] = {}
+        last = len(seq.items) - 1
+        for index, item in enumerate(seq.items):
+            spec = self.out.expect_map(item, f"rule {index}", item.pos)
+            if spec is None:
+                continue
+            if "default" in spec.entries:
+                default = self._check_default(spec, index, last, default) or default
+                continue
+            rule = self._check_rule(spec, index)
+            if rule is None:
+                continue
+            if rule.name in names:
+                self.out.err(
+                    DUPLICATE_RULE_NAME,
+                    f"duplicate rule name '{rule.name}' (first used at line "
+                    f"{names[rule.name].line})",
+                    _key_pos(spec, "name"),
+                    "rule names identify rules in audit records; give each a unique name",
+                )
+                continue
+            names[rule.name] = rule.pos
+            rules.append(rule)
+        self._check_shadowing(rules)
+        return rules, default
+
+    def _check_default(
+        self, spec: LMap, index: int, last: int, previous: DefaultRule | None
+    ) -> DefaultRule | None:
+        pos = spec.keys["default"]
+        self.out.check_keys(spec, ("default",), "a default rule")
+        if previous is not None:
+            self.out.err(
+                DEFAULT_TWICE,
+                f"'default' is given twice (first at line {previous.pos.line})",
+                pos,
+                "keep one default, as the last rule",
+            )
+            return None
+        if index != last:
+            self.out.err(
+                DEFAULT_NOT_LAST,
+                "'default' must be the last rule: the rules after it could never match",
+                pos,
+                "move the default to the end of 'rules'",
+            )
+        body = self.out.expect_map(spec.get("default"), "'default'", pos)
+        if body is None:
+            return None
+        self.out.check_keys(body, DEFAULT_KEYS, "'default'", required=("route_to",))
+        route_to = self._check_route_to(body)
+        fallback = self._check_fallback(body)
+        if route_to is None or fallback is None:
+            return None
+        return DefaultRule(index, route_to, fallback, pos)
+
+    def _check_rule(self, spec: LMap, index: int) -> Rule | None:
+        before = len(self.out.diagnostics)
+        self.out.check_keys(spec, RULE_KEYS, f"rule {index}", required=("match", "route_to"))
+        name = f"rule-{index}"
+        if (name_node := spec.get("name")) is not None:
+            name = self.out.expect_str(name_node, "rule 'name'") or name
+            if name == "default":
+                self.out.err(BAD_VALUE, "'default' is reserved for the default rule", name_node.pos)
+        if (desc := spec.get("description")) is not None:
+            self.out.expect_str(desc, "rule 'description'", nonempty=False)
+        conditions: tuple[Condition, ...] = ()
+        if (match_node := spec.get("match")) is not None:
+            conditions = self._check_match(match_node, spec.keys["match"])
+        route_to = self._check_route_to(spec) if "route_to" in spec.entries else None
+        fallback = self._check_fallback(spec)
+        if len(self.out.diagnostics) != before or route_to is None or fallback is None:
+            return None
+        return Rule(index, name, conditions, route_to, fallback, spec.pos)
+
+    def _check_match(self, node: LNode, key_pos: Position) -> tuple[Condition, ...]:
+        match = self.out.expect_map(node, "'match'", key_pos)
+        if match is None:
+            return ()
+        if not match.entries:
+            self.out.err(
+                EMPTY_MATCH,
+                "'match' is empty: a rule needs at least one condition",
+                key_pos,
+                "to route every remaining request, use a 'default' rule instead",
+            )
+            return ()
+        conditions: list[Condition] = []
+        for field, value in match.entries.items():
+            pos = match.keys[field]
+            condition = self._check_condition(field, value, pos)
+            if condition is not None:
+                conditions.append(condition)
+        return tuple(conditions)
+
+    def _check_condition(self, field: str, node: LNode, pos: Position) -> Condition | None:
+        if field.startswith(LABEL_PREFIX):
+            label = field[len(LABEL_PREFIX) :]
+            if not _LABEL_KEY_RE.match(label):
+                self.out.err(
+                    UNKNOWN_KEY,
+                    f"bad label key in '{field}': write labels.<key> with a key of "
+                    "letters, digits, '_', '-' or '.'",
+                    pos,
+                )
+                return None
+            return self._check_string_condition(field, node)
+        kind = MATCH_FIELDS.get(field)
+        if kind is None:
+            self.out.err(
+                UNKNOWN_KEY,
+                f"unknown match key '{field}'",
+                pos,
+                did_you_mean(field, MATCH_FIELDS)
+                or f"match keys: {', '.join(MATCH_FIELDS)}, labels.<key>",
+            )
+            return None
+        if kind is FieldKind.STRING:
+            return self._check_string_condition(field, node)
+        return self._check_number_condition(field, node)
+
+    def _check_string_condition(self, field: str, node: LNode) -> StringCondition | None:
+        what = f"match key '{field}'"
+        if isinstance(node, LSeq):
+            if not node.items:
+                self.out.err(BAD_VALUE, f"{what}: the list of values is empty", node.pos)
+                return None
+            values: list[str] = []
+            for item in node.items:
+                value = self.out.expect_str(item, f"each value of {what}")
+                if value is not None:
+                    values.append(value)
+            if len(values) != len(node.items):
+                return None
+            as_list = True
+        else:
+            value = self.out.expect_str(node, what)
+            if value is None:
+                return None
+            values, as_list = [value], False
+        unique = tuple(dict.fromkeys(values))
+        literals = tuple(v for v in unique if "*" not in v)
+        globs = tuple(v for v in unique if "*" in v)
+        return StringCondition(field, unique, literals, globs, as_list, node.pos)
+
+    def _check_number_condition(self, field: str, node: LNode) -> NumberCondition | None:
+        what = f"match key '{field}'"
+        value = node.value if isinstance(node, LScalar) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                self.out.err(BAD_VALUE, f"{what} must be a finite number", node.pos)
+                return None
+            return NumberCondition(field, "==", value, node.pos)
+        if isinstance(value, str):
+            m = _COMPARISON_RE.match(value)
+            if m is None:
+                self.out.err(
+                    BAD_COMPARISON,
+                    f"bad comparison '{value}' for {what}",
+                    node.pos,
+                    'write a number or one of "<N", "<=N", ">N", ">=N", "==N", "!=N"',
+                )
+                return None
+            text = m.group(2)
+            number: int | float = int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+            if not math.isfinite(number):
+                self.out.err(BAD_COMPARISON, f"{what}: {text} is out of range", node.pos)
+                return None
+            return NumberCondition(field, m.group(1), number, node.pos)
+        self.out.wrong_type(node, what, 'a number or a comparison string such as "<400"')
+        return None
+
+    def _check_route_to(self, spec: LMap) -> str | None:
+        node = spec.get("route_to")
+        if node is None:
+            return None
+        name = self.out.expect_str(node, "'route_to'")
+        if name is None:
+            return None
+        return name if self._known_endpoint(name, node.pos, "route_to") else None
+
+    def _check_fallback(self, spec: LMap) -> tuple[str, ...] | None:
+        node = spec.get("fallback")
+        if node is None:
+            return ()
+        seq = self.out.expect_seq(node, "'fallback'")
+        if seq is None:
+            return None
+        names: list[str] = []
+        ok = True
+        for item in seq.items:
+            name = self.out.expect_str(item, "each 'fallback' entry")
+            if name is None or not self._known_endpoint(name, item.pos, "fallback"):
+                ok = False
+                continue
+            if name in names:
+                self.out.err(BAD_VALUE, f"'fallback' lists '{name}' twice", item.pos)
+                ok = False
+                continue
+            names.append(name)
+        return tuple(names) if ok else None
+
+    def _known_endpoint(self, name: str, pos: Position, key: str) -> bool:
+        if name in self.registry.endpoints:
+            return True
+        known = self.registry.endpoints
+        self.out.err(
+            UNKNOWN_ENDPOINT,
+            f"'{key}' names unknown endpoint '{name}' (registry: {self.registry.path})",
+            pos,
+            did_you_mean(name, known)
+            or (f"known endpoints: {', '.join(sorted(known))}" if known else None),
+        )
+        return False
+
+    def _check_shadowing(self, rules: list[Rule]) -> None:
+        for later_index, later in enumerate(rules):
+            earlier = shadowing_rule(rules[:later_index], later)
+            if earlier is not None:
+                self.out.add(_shadow_warning(later, earlier))
+
+    # -- tests -------------------------------------------------------------
+
+    def _check_tests(self, seq: LSeq, rule_names: set[str]) -> list[PolicyTest]:
+        tests: list[PolicyTest] = []
+        for index, item in enumerate(seq.items):
+            spec = self.out.expect_map(item, f"test {index}", item.pos)
+            if spec is None:
+                continue
+            before = len(self.out.diagnostics)
+            self.out.check_keys(spec, TEST_KEYS, f"test {index}", required=TEST_KEYS)
+            name = None
+            if (name_node := spec.get("name")) is not None:
+                name = self.out.expect_str(name_node, "test 'name'")
+            input_doc = self._check_test_input(spec)
+            expect = self._check_expect(spec, rule_names)
+            if (
+                len(self.out.diagnostics) != before
+                or name is None
+                or input_doc is None
+                or expect is None
+            ):
+                continue
+            tests.append(PolicyTest(name, input_doc, expect, spec.pos))
+        return tests
+
+    def _check_test_input(self, spec: LMap) -> dict[str, Any] | None:
+        node = spec.get("input")
+        if node is None:
+            return None
+        input_map = self.out.expect_map(node, "test 'input'", spec.pos)
+        if input_map is None:
+            return None
+        self.out.check_keys(input_map, INPUT_FIELDS, "test 'input'")
+        for key, value_node in input_map.entries.items():
+            if key not in INPUT_FIELDS:
+                continue
+            types, wanted = INPUT_FIELDS[key]
+            value = plain(value_node)
+            if not isinstance(value, types) or isinstance(value, bool):
+                self.out.wrong_type(value_node, f"test input '{key}'", wanted)
+        user = input_map.get("user")
+        if isinstance(user, LMap):
+            self.out.check_keys(user, USER_FIELDS, "test input 'user'")
+            roles = user.get("roles")
+            if roles is not None and (
+                not isinstance(roles, LSeq)
+                or not all(isinstance(r, LScalar) and isinstance(r.value, str) for r in roles.items)
+            ):
+                self.out.wrong_type(roles, "test input 'user.roles'", "a list of strings")
+        result = plain(input_map)
+        assert isinstance(result, dict)
+        return result
+
+    def _check_expect(self, spec: LMap, rule_names: set[str]) -> dict[str, Any] | None:
+        node = spec.get("expect")
+        if node is None:
+            return None
+        expect_map = self.out.expect_map(node, "test 'expect'", spec.pos)
+        if expect_map is None:
+            return None
+        self.out.check_keys(expect_map, EXPECT_KEYS, "test 'expect'")
+        if not expect_map.entries:
+            self.out.err(
+                MISSING_KEY,
+                "test 'expect' is empty: give route_to, rule, fallback or deny",
+                expect_map.pos,
+            )
+            return None
+        expect: dict[str, Any] = {}
+        if (route := expect_map.get("route_to")) is not None:
+            if isinstance(route, LScalar) and route.value is None:
+                expect["route_to"] = None
+            elif (
+                name := self.out.expect_str(route, "expected 'route_to'")
+            ) is not None and self._known_endpoint(name, route.pos, "expect.route_to"):
+                expect["route_to"] = name
+        if (rule := expect_map.get("rule")) is not None:
+            if isinstance(rule, LScalar) and rule.value is None:
+                expect["rule"] = None
+            elif (name := self.out.expect_str(rule, "expected 'rule'")) is not None:
+                if name in rule_names:
+                    expect["rule"] = name
+                else:
+                    self.out.err(
+                        BAD_VALUE,
+                        f"expected rule '{name}' is not a rule of this policy",
+                        rule.pos,
+                        did_you_mean(name, rule_names),
+                    )
+        if (fallback := expect_map.get("fallback")) is not None:
+            value = plain(fallback)
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                expect["fallback"] = value
+            else:
+                self.out.wrong_type(fallback, "expected 'fallback'", "a list of endpoint names")
+        if (deny := expect_map.get("deny")) is not None:
+            flag = self.out.expect_bool(deny, "expected 'deny'")
+            if flag is not None:
+                expect["deny"] = flag
+        return expect
+
+
+def _key_pos(spec: LMap, key: str) -> Position:
+    node = spec.get(key)
+    return node.pos if node is not None else spec.pos
+
+
+def _shadow_warning(later: Rule, earlier: Rule) -> Diagnostic:
+    return warning(
+        SHADOWED_RULE,
+        f"rule '{later.name}' can never match: rule '{earlier.name}' (line "
+        f"{earlier.pos.line}) comes first and matches every request it matches",
+        later.pos,
+        "reorder the rules (more specific first) or remove this one",
+    )

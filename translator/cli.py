@@ -1,0 +1,186 @@
+"""`kamiwaza policy ...`: check, compile, test and explain routing policies.
+
+Exit codes: 0 ok, 1 policy errors or failing tests, 2 usage errors (click's
+own, plus a missing OPA binary or an unreadable --input).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from translator.errors import OpaError, PolicyError
+
+EXIT_POLICY = 1
+EXIT_USAGE = 2
+
+_endpoints_option = click.option(
+    "--endpoints",
+    "endpoints",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Endpoint registry (default: endpoints.yaml beside the policy).",
+)
+_rego_option = click.option(
+    "--rego",
+    "rego_dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Hand-written Rego: entry point, guards, overrides (default: ./rego).",
+)
+
+
+def _fail_usage(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _compile_or_exit(policy: str, endpoints: str | None) -> tuple[Any, dict[str, str]]:
+    from translator.pipeline import check, compile_policy
+
+    try:
+        result, files = compile_policy(policy, endpoints)
+    except PolicyError:
+        result = check(policy, endpoints)
+        click.echo(result.render_diagnostics(), err=True)
+        errors = sum(1 for d in result.diagnostics if d.is_error)
+        click.echo(f"\n{errors} error(s); nothing was compiled.", err=True)
+        sys.exit(EXIT_POLICY)
+    if result.diagnostics:
+        click.echo(result.render_diagnostics(), err=True)
+    return result, files
+
+
+@click.group("policy")
+def policy() -> None:
+    """Check, compile, test and explain YAML routing policies."""
+
+
+@policy.command("check")
+@click.argument("path", type=click.Path(dir_okay=False))
+@_endpoints_option
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+def check_cmd(path: str, endpoints: str | None, strict: bool) -> None:
+    """Report every error and warning in the policy at PATH."""
+    from translator.pipeline import check
+
+    result = check(path, endpoints)
+    if result.diagnostics:
+        click.echo(result.render_diagnostics(), err=True)
+    errors = sum(1 for d in result.diagnostics if d.is_error)
+    warnings = len(result.diagnostics) - errors
+    if errors or (strict and warnings):
+        click.echo(f"\n{errors} error(s), {warnings} warning(s)", err=True)
+        sys.exit(EXIT_POLICY)
+    ir = result.ir
+    assert ir is not None
+    default = f", default -> {ir.default.route_to}" if ir.default else ", no default"
+    click.echo(
+        f"ok: {result.policy_path}: {len(ir.branches)} rule(s){default}, "
+        f"{len(ir.tests)} test(s), {warnings} warning(s); revision {ir.revision}"
+    )
+
+
+@policy.command("compile")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@_endpoints_option
+def compile_cmd(path: str, out_dir: str, endpoints: str | None) -> None:
+    """Compile the policy at PATH to Rego (and its tests) under --out."""
+    from translator.pipeline import write_output
+
+    result, files = _compile_or_exit(path, endpoints)
+    for written in write_output(files, out_dir):
+        click.echo(f"wrote {written}")
+    click.echo(f"revision {result.ir.revision}")
+
+
+@policy.command("test")
+@click.argument("path", type=click.Path(dir_okay=False))
+@_endpoints_option
+@_rego_option
+@click.option("-v", "--verbose", is_flag=True, help="List passing tests too.")
+def test_cmd(path: str, endpoints: str | None, rego_dir: str | None, verbose: bool) -> None:
+    """Compile the policy at PATH and run its tests (and rego/'s) with `opa test`."""
+    from translator.opa import default_rego_dir, run_tests
+    from translator.pipeline import write_output
+
+    _, files = _compile_or_exit(path, endpoints)
+    with tempfile.TemporaryDirectory(prefix="kamiwaza-policy-") as tmp:
+        write_output(files, tmp)
+        try:
+            outcomes = run_tests([tmp, rego_dir or default_rego_dir()])
+        except OpaError as err:
+            _fail_usage(str(err))
+    failed = [o for o in outcomes if not o.passed]
+    for outcome in outcomes:
+        if outcome.passed and not verbose:
+            continue
+        status = "PASS" if outcome.passed else "FAIL"
+        click.echo(f"{status} {outcome.package}.{outcome.name}")
+        if not outcome.passed:
+            if outcome.error:
+                click.echo(f"  error: {outcome.error}")
+            for line in outcome.output.splitlines():
+                click.echo(f"  {line}")
+    click.echo(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        sys.exit(EXIT_POLICY)
+
+
+def _read_input(raw: str) -> dict[str, Any]:
+    text = raw
+    if not raw.lstrip().startswith("{"):
+        source = raw[1:] if raw.startswith("@") else raw
+        try:
+            text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        except OSError as err:
+            _fail_usage(f"--input: cannot read {source}: {err.strerror}")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        _fail_usage(f"--input is not valid JSON: {err}")
+    if not isinstance(doc, dict):
+        _fail_usage("--input must be a JSON object (the request input document)")
+    return doc
+
+
+@policy.command("explain")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option(
+    "--input",
+    "input_arg",
+    required=True,
+    help="Input document: inline JSON, a file path, @file, or - for stdin.",
+)
+@_endpoints_option
+@_rego_option
+@click.option("--json", "as_json", is_flag=True, help="Print the raw decision as JSON.")
+def explain_cmd(
+    path: str, input_arg: str, endpoints: str | None, rego_dir: str | None, as_json: bool
+) -> None:
+    """Evaluate the policy at PATH for one input with OPA and explain the decision."""
+    from translator.emit import emit_explain
+    from translator.explain import render_explanation
+    from translator.opa import default_rego_dir, evaluate
+    from translator.pipeline import write_output
+
+    input_doc = _read_input(input_arg)
+    result, files = _compile_or_exit(path, endpoints)
+    with tempfile.TemporaryDirectory(prefix="kamiwaza-policy-") as tmp:
+        write_output({**files, **emit_explain(result.ir)}, tmp)
+        paths = [tmp, rego_dir or default_rego_dir()]
+        try:
+            decision = evaluate(paths, "data.kamiwaza.route.decision", input_doc)
+            trace = evaluate(paths, "data.kamiwaza.policy.explain", input_doc)
+        except OpaError as err:
+            _fail_usage(str(err))
+    if as_json:
+        click.echo(json.dumps(decision, indent=2, sort_keys=True))
+        return
+    click.echo(render_explanation(decision, trace))
