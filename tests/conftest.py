@@ -1,0 +1,52 @@
+"""Shared fixtures: the real OPA binary and servers on loopback."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.opa_server import OpaServer
+from translator.opa import find_opa
+
+ROOT = Path(__file__).resolve().parent.parent
+REGO_DIR = ROOT / "rego"
+POLICIES_DIR = ROOT / "policies"
+
+
+@pytest.fixture(scope="session")
+def opa_bin() -> str:
+    """The pinned OPA binary; tests that need it fail loudly when it is missing."""
+    return find_opa()
+
+
+@pytest.fixture
+def opa_server(
+    opa_bin: str, tmp_path: Path
+) -> Iterator[Callable[[Sequence[str | os.PathLike[str]]], OpaServer]]:
+    """Factory: start OPA on a free loopback port with the given policy/data paths.
+
+    Waits on /health before returning; every server started is stopped at teardown.
+    """
+    started: list[OpaServer] = []
+
+    def start(paths: Sequence[str | os.PathLike[str]]) -> OpaServer:
+        server = OpaServer(paths, tmp_path)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_opa(opa_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServer]:
+    """One OPA server per test module with rego/ loaded; tests upload compiled policies."""
+    server = OpaServer([REGO_DIR], tmp_path_factory.mktemp("opa"))
+    server.start()
+    yield server
+    server.stop()
