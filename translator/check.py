@@ -44,7 +44,7 @@ from translator.model import (
     StringCondition,
 )
 from translator.registry import Registry
-from translator.shadow import shadowing_rule
+from translator.shadow import shadowed_rules
 from translator.source import Document, LMap, LNode, LScalar, LSeq, plain
 from translator.validate import Collector
 
@@ -359,10 +359,8 @@ class _PolicyChecker:
         return False
 
     def _check_shadowing(self, rules: list[Rule]) -> None:
-        for later_index, later in enumerate(rules):
-            earlier = shadowing_rule(rules[:later_index], later)
-            if earlier is not None:
-                self.out.add(_shadow_warning(later, earlier))
+        for later, earlier in shadowed_rules(rules):
+            self.out.add(_shadow_warning(later, earlier))
 
     # -- tests -------------------------------------------------------------
 

@@ -17,12 +17,42 @@ from functools import lru_cache
 from translator.model import Condition, NumberCondition, Rule, StringCondition
 
 
-def shadowing_rule(earlier: Sequence[Rule], later: Rule) -> Rule | None:
-    """The first rule of `earlier` that matches everything `later` matches, if any."""
-    for rule in earlier:
-        if implies(later.conditions, rule.conditions):
-            return rule
-    return None
+def shadowed_rules(rules: Sequence[Rule]) -> list[tuple[Rule, Rule]]:
+    """Every (later, earlier) pair where `earlier` is the first rule shadowing `later`.
+
+    Comparing each rule with all earlier ones is quadratic, which a generated
+    1,000-rule policy feels. Most rules pin some attribute to one literal
+    (`tenant: acme`); such a rule can only shadow a later rule that pins the same
+    attribute to the same literal, so rules are bucketed by their first pinned
+    attribute and only plausible candidates are compared.
+    """
+    buckets: dict[tuple[str, str], list[Rule]] = {}
+    unpinned: list[Rule] = []
+    found: list[tuple[Rule, Rule]] = []
+    for rule in rules:
+        candidates = list(unpinned)
+        for pin in _pins(rule):
+            candidates.extend(buckets.get(pin, ()))
+        candidates.sort(key=lambda r: r.index)
+        for earlier in candidates:
+            if implies(rule.conditions, earlier.conditions):
+                found.append((rule, earlier))
+                break
+        pins = _pins(rule)
+        if pins:
+            buckets.setdefault(pins[0], []).append(rule)
+        else:
+            unpinned.append(rule)
+    return found
+
+
+def _pins(rule: Rule) -> list[tuple[str, str]]:
+    """(field, literal) for each condition that admits exactly one string."""
+    return [
+        (c.field, c.literals[0])
+        for c in rule.conditions
+        if isinstance(c, StringCondition) and len(c.literals) == 1 and not c.globs
+    ]
 
 
 def implies(stronger: Sequence[Condition], weaker: Sequence[Condition]) -> bool:
