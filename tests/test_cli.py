@@ -1,0 +1,256 @@
+"""`kamiwaza policy ...` end to end: outputs and exit codes (0 ok, 1 policy, 2 usage)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gateway.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "policies" / "routing.yaml"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the example policy and registry, as the working directory."""
+    shutil.copy(EXAMPLE, tmp_path / "routing.yaml")
+    shutil.copy(ROOT / "policies" / "endpoints.yaml", tmp_path / "endpoints.yaml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_check_ok_summarises_the_policy(workdir: Path) -> None:
+    code, out, err = run("policy", "check", "routing.yaml")
+    assert code == 0
+    assert err == ""
+    assert out.startswith(
+        "ok: routing.yaml: 3 rule(s), default -> anthropic, 8 test(s), 0 warning(s); "
+        "revision sha256:"
+    )
+
+
+def test_check_reports_every_error_and_exits_1(workdir: Path) -> None:
+    (workdir / "bad.yaml").write_text(
+        "version: v2\n"
+        "rules:\n"
+        "  - match: {tenat: acme}\n"
+        "    route_to: antropic\n"
+        "  - match: {latency_budget_ms: '<<4'}\n"
+        "    route_to: bedrock\n"
+    )
+    code, out, err = run("policy", "check", "bad.yaml", "--endpoints", "endpoints.yaml")
+    assert code == 1
+    assert out == ""
+    headlines = [line for line in err.splitlines() if line.startswith("bad.yaml:")]
+    assert headlines == [
+        "bad.yaml:1:10: error[E002]: unsupported policy version 'v2'; this translator supports v1",
+        "bad.yaml:3:13: error[E003]: unknown match key 'tenat'",
+        "bad.yaml:4:15: error[E010]: 'route_to' names unknown endpoint 'antropic' "
+        "(registry: endpoints.yaml)",
+        "bad.yaml:5:32: error[E005]: bad comparison '<<4' for match key 'latency_budget_ms'",
+    ]
+    assert "  = help: did you mean 'tenant'?" in err
+    assert "  = help: did you mean 'anthropic'?" in err
+    assert err.rstrip().endswith("4 error(s), 0 warning(s)")
+
+
+def test_check_strict_fails_on_warnings(workdir: Path) -> None:
+    (workdir / "shadow.yaml").write_text(
+        "version: v1\n"
+        "rules:\n"
+        "  - {name: broad, match: {tenant: [a, b]}, route_to: bedrock}\n"
+        "  - {name: narrow, match: {tenant: a, model: m}, route_to: openai}\n"
+    )
+    code, _, err = run("policy", "check", "shadow.yaml")
+    assert code == 0
+    assert "shadow.yaml:4:5: warning[W001]: rule 'narrow' can never match" in err
+    code, _, err = run("policy", "check", "--strict", "shadow.yaml")
+    assert code == 1
+    assert err.rstrip().endswith("0 error(s), 1 warning(s)")
+
+
+def test_missing_policy_file_is_a_policy_error(workdir: Path) -> None:
+    code, _, err = run("policy", "check", "nope.yaml")
+    assert code == 1
+    assert "nope.yaml:1:1: error[E011]: file not found: nope.yaml" in err
+
+
+def test_usage_error_exits_2(workdir: Path) -> None:
+    code, _, _ = run("policy", "compile", "routing.yaml")  # -o is required
+    assert code == 2
+    code, _, _ = run("policy", "frobnicate")
+    assert code == 2
+
+
+def test_compile_writes_policy_tests_and_data(workdir: Path) -> None:
+    code, out, _ = run("policy", "compile", "routing.yaml", "-o", "out")
+    assert code == 0
+    written = sorted(
+        p.relative_to(workdir / "out").as_posix()
+        for p in (workdir / "out").rglob("*")
+        if p.is_file()
+    )
+    assert written == [
+        "data.json",
+        "kamiwaza/policy/policy.rego",
+        "kamiwaza/policy/policy_test.rego",
+    ]
+    data = json.loads((workdir / "out" / "data.json").read_text())
+    assert set(data["kamiwaza"]["endpoints"]) == {
+        "private-gpu",
+        "private-gpu-b",
+        "anthropic",
+        "bedrock",
+        "openai",
+        "vertex",
+        "azure",
+    }
+    assert data["kamiwaza"]["endpoints"]["private-gpu"] == {
+        "type": "openai-compatible",
+        "in_vpc": True,
+        "model": "meta-llama/Llama-3.1-70B-Instruct",
+        "pricing": {"input_per_1k": 0.0002, "output_per_1k": 0.0002},
+    }
+    # No credential reference reaches OPA's data (OPA logs and serves it).
+    assert "_env" not in (workdir / "out" / "data.json").read_text()
+    assert "wrote out/kamiwaza/policy/policy.rego" in out
+    # Recompiling is byte-identical.
+    before = (workdir / "out" / "kamiwaza/policy/policy.rego").read_bytes()
+    run("policy", "compile", "routing.yaml", "-o", "out")
+    assert (workdir / "out" / "kamiwaza/policy/policy.rego").read_bytes() == before
+
+
+def test_compile_of_a_bad_policy_writes_nothing(workdir: Path) -> None:
+    (workdir / "bad.yaml").write_text("version: v1\nrules: {}\n")
+    code, _, err = run("policy", "compile", "bad.yaml", "-o", "out")
+    assert code == 1
+    assert "bad.yaml:2:8: error[E004]: 'rules' must be a list, got a mapping" in err
+    assert not (workdir / "out").exists()
+
+
+@pytest.mark.integration
+def test_policy_test_passes_on_the_example(workdir: Path, opa_bin: str) -> None:
+    code, out, _ = run("policy", "test", "-v", "routing.yaml", "--rego", str(ROOT / "rego"))
+    assert code == 0
+    lines = out.splitlines()
+    ours = [line for line in lines if ".policy_test." in line]
+    assert ours == [
+        f"PASS data.kamiwaza.policy_test.{name}"
+        for name in (
+            "test_pii_never_leaves_the_vpc",
+            "test_pii_stays_on_prem_even_for_a_latency_sensitive_acme_request",
+            "test_acme_with_a_tight_latency_budget_goes_to_anthropic",
+            "test_acme_with_a_relaxed_budget_falls_through_to_the_default",
+            "test_a_low_cost_cap_goes_to_bedrock",
+            "test_a_cost_cap_at_the_threshold_does_not",
+            "test_a_request_with_no_metadata_takes_the_default",
+            "test_a_legal_hold_forces_the_private_gpu_whatever_the_rules_say",
+        )
+    ]
+    assert lines[-1] == f"{len(lines) - 1} passed, 0 failed"
+
+
+@pytest.mark.integration
+def test_failing_policy_test_shows_expected_and_actual(workdir: Path, opa_bin: str) -> None:
+    text = (workdir / "routing.yaml").read_text()
+    text = text.replace(
+        "expect: {route_to: bedrock, rule: cost-capped}",
+        "expect: {route_to: openai, rule: cost-capped}",
+    )
+    (workdir / "routing.yaml").write_text(text)
+    code, out, _ = run("policy", "test", "routing.yaml", "--rego", str(ROOT / "rego"))
+    assert code == 1
+    lines = out.splitlines()
+    fail = lines.index("FAIL data.kamiwaza.policy_test.test_a_low_cost_cap_goes_to_bedrock")
+    assert lines[fail + 1] == (
+        "  test 'a low cost cap goes to Bedrock' (routing.yaml:36) expected: "
+        '{"route_to": "openai", "rule": "cost-capped"} actual: '
+        '{"route_to": "bedrock", "rule": "cost-capped"}'
+    )
+    assert lines[-1].endswith(", 1 failed")
+
+
+@pytest.mark.integration
+def test_explain_names_rule_conditions_and_values(workdir: Path, opa_bin: str) -> None:
+    code, out, _ = run(
+        "policy",
+        "explain",
+        "routing.yaml",
+        "--rego",
+        str(ROOT / "rego"),
+        "--input",
+        '{"tenant": "enterprise-acme", "latency_budget_ms": 500, "cost_cap_per_1k": 0.001}',
+    )
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "decision: route to bedrock (fallback: none)"
+    assert lines[1] == "matched rule: #2 cost-capped (routing.yaml:17)"
+    assert lines[5:] == [
+        "  #0 pii-on-prem -> private-gpu: no match  (routing.yaml:6)",
+        '      FAIL data_class == "pii-restricted"   actual: (absent)',
+        "  #1 acme-low-latency -> anthropic: no match  (routing.yaml:12)",
+        '      ok   tenant == "enterprise-acme"   actual: "enterprise-acme"',
+        "      FAIL latency_budget_ms < 400   actual: 500",
+        "  #2 cost-capped -> bedrock: MATCH  (routing.yaml:17)",
+        "      ok   cost_cap_per_1k < 0.002   actual: 0.001",
+    ]
+
+
+@pytest.mark.integration
+def test_explain_shows_overrides_and_denies(workdir: Path, opa_bin: str) -> None:
+    (workdir / "in.json").write_text(
+        json.dumps({"tenant": "globex", "labels": {"legal_hold": "true"}})
+    )
+    code, out, _ = run(
+        "policy", "explain", "routing.yaml", "--rego", str(ROOT / "rego"), "--input", "in.json"
+    )
+    assert code == 0
+    assert out.splitlines()[:2] == [
+        "decision: route to private-gpu (fallback: none)",
+        "override applied: legal_hold (compiled rules not used)",
+    ]
+    code, out, _ = run(
+        "policy",
+        "explain",
+        "routing.yaml",
+        "--rego",
+        str(ROOT / "rego"),
+        "--json",
+        "--input",
+        '{"data_class": "pii-restricted", "labels": {"legal_hold": "true"}, "tenant": "t"}',
+    )
+    assert code == 0
+    decision = json.loads(out)
+    assert decision["route_to"] == "private-gpu"
+    assert decision["overridden_by"] == "legal_hold"
+    assert decision["deny"] == []
+
+
+def test_explain_rejects_bad_input_with_exit_2(workdir: Path) -> None:
+    code, _, err = run("policy", "explain", "routing.yaml", "--input", "{not json")
+    assert code == 2
+    assert "--input is not valid JSON" in err
+    code, _, err = run("policy", "explain", "routing.yaml", "--input", "missing.json")
+    assert code == 2
+    assert "--input: cannot read missing.json" in err
+    code, _, err = run("policy", "explain", "routing.yaml", "--input", "[1]")
+    assert code == 2
+
+
+def test_missing_opa_binary_is_a_usage_error(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAMIWAZA_OPA_BIN", str(workdir / "no-opa"))
+    code, _, err = run("policy", "test", "routing.yaml", "--rego", str(ROOT / "rego"))
+    assert code == 2
+    assert f"KAMIWAZA_OPA_BIN={workdir / 'no-opa'} is not an executable file" in err
