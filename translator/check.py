@@ -115,12 +115,12 @@ class _PolicyChecker:
         self.out.check_keys(root, TOP_KEYS, "the policy", required=("version", "rules"))
         self._check_version(root)
         rules_node = root.get("rules")
+        declared: set[str] = set()
         if rules_node is not None and (seq := self.out.expect_seq(rules_node, "'rules'")):
-            rules, default = self._check_rules(seq)
+            rules, default, declared = self._check_rules(seq)
         tests_node = root.get("tests")
         if tests_node is not None and (seq := self.out.expect_seq(tests_node, "'tests'")):
-            rule_names = {rule.name for rule in rules} | ({"default"} if default else set())
-            tests = self._check_tests(seq, rule_names)
+            tests = self._check_tests(seq, declared)
         return Policy(self.doc.path, tuple(rules), default, tuple(tests))
 
     def _check_version(self, root: LMap) -> None:
@@ -140,34 +140,40 @@ class _PolicyChecker:
 
     # -- rules -------------------------------------------------------------
 
-    def _check_rules(self, seq: LSeq) -> tuple[list[Rule], DefaultRule | None]:
+    def _check_rules(self, seq: LSeq) -> tuple[list[Rule], DefaultRule | None, set[str]]:
+        """The valid rules, the default, and every rule name declared (valid or not,
+        so that a rule with an error is neither exempt from the duplicate check nor
+        reported as missing by a test that names it)."""
         rules: list[Rule] = []
         default: DefaultRule | None = None
         names: dict[str, Position] = {}
+        declared: set[str] = set()
         last = len(seq.items) - 1
         for index, item in enumerate(seq.items):
             spec = self.out.expect_map(item, f"rule {index}", item.pos)
             if spec is None:
                 continue
             if "default" in spec.entries:
+                declared.add("default")
                 default = self._check_default(spec, index, last, default) or default
                 continue
             rule = self._check_rule(spec, index)
-            if rule is None:
-                continue
-            if rule.name in names:
-                self.out.err(
-                    DUPLICATE_RULE_NAME,
-                    f"duplicate rule name '{rule.name}' (first used at line "
-                    f"{names[rule.name].line})",
-                    _key_pos(spec, "name"),
-                    "rule names identify rules in audit records; give each a unique name",
-                )
-                continue
-            names[rule.name] = rule.pos
-            rules.append(rule)
+            name = _declared_name(spec, index)
+            if name is not None:
+                if name in names:
+                    self.out.err(
+                        DUPLICATE_RULE_NAME,
+                        f"duplicate rule name '{name}' (first used at line {names[name].line})",
+                        _key_pos(spec, "name"),
+                        "rule names identify rules in audit records; give each a unique name",
+                    )
+                    continue
+                names[name] = spec.pos
+                declared.add(name)
+            if rule is not None:
+                rules.append(rule)
         self._check_shadowing(rules)
-        return rules, default
+        return rules, default, declared
 
     def _check_default(
         self, spec: LMap, index: int, last: int, previous: DefaultRule | None
@@ -348,6 +354,13 @@ class _PolicyChecker:
     def _known_endpoint(self, name: str, pos: Position, key: str) -> bool:
         if name in self.registry.endpoints:
             return True
+        if name in self.registry.rejected:
+            self.out.err(
+                UNKNOWN_ENDPOINT,
+                f"'{key}' names endpoint '{name}', whose entry in {self.registry.path} has errors",
+                pos,
+            )
+            return False
         known = self.registry.endpoints
         self.out.err(
             UNKNOWN_ENDPOINT,
@@ -462,6 +475,17 @@ class _PolicyChecker:
             if flag is not None:
                 expect["deny"] = flag
         return expect
+
+
+def _declared_name(spec: LMap, index: int) -> str | None:
+    """A rule's name as written, or its default name; None when 'name' is not a
+    usable string (that error is reported by the rule's own check)."""
+    node = spec.get("name")
+    if node is None:
+        return f"rule-{index}"
+    if isinstance(node, LScalar) and isinstance(node.value, str) and node.value.strip():
+        return node.value
+    return None
 
 
 def _key_pos(spec: LMap, key: str) -> Position:

@@ -52,14 +52,17 @@ def default_registry_path(policy_path: str) -> str:
 
 def display_path(path: str) -> str:
     """How a file is named in diagnostics and `rule.source`: relative to the
-    working directory when inside it, with forward slashes, so output does not
-    depend on where the checkout lives."""
+    working directory when inside it or when given as a relative path (such as
+    `../endpoints.yaml`), with forward slashes, so output does not depend on
+    where the checkout lives. An absolute path outside the working directory
+    stays absolute."""
     absolute = os.path.abspath(path)
     try:
         rel = os.path.relpath(absolute)
     except ValueError:  # pragma: no cover - other drive on Windows
         rel = absolute
-    shown = absolute if rel.startswith("..") else rel
+    outside = rel == os.pardir or rel.startswith(os.pardir + os.sep)
+    shown = absolute if outside and os.path.isabs(path) else rel
     return shown.replace(os.sep, "/")
 
 

@@ -132,6 +132,8 @@ class Endpoint:
 class Registry:
     path: str
     endpoints: Mapping[str, Endpoint]
+    # Names the registry declares but rejected (their errors are reported there).
+    rejected: frozenset[str] = frozenset()
 
     def opa_data(self) -> dict[str, Any]:
         """The document loaded into OPA at `data.kamiwaza.endpoints`."""
@@ -143,6 +145,7 @@ def check_registry(doc: Document) -> tuple[Registry, list[Diagnostic]]:
     out = Collector()
     out.diagnostics.extend(doc.diagnostics)
     endpoints: dict[str, Endpoint] = {}
+    rejected: set[str] = set()
     if doc.root is None:
         if not doc.diagnostics:
             out.err(
@@ -169,11 +172,14 @@ def check_registry(doc: Document) -> tuple[Registry, list[Diagnostic]]:
                 f"endpoint name '{name}' may only use letters, digits, '.', '_' and '-'",
                 key_pos,
             )
+            rejected.add(name)
             continue
         endpoint = _check_endpoint(out, name, node, key_pos)
-        if endpoint is not None:
+        if endpoint is None:
+            rejected.add(name)
+        else:
             endpoints[name] = endpoint
-    return Registry(doc.path, MappingProxyType(endpoints)), out.diagnostics
+    return Registry(doc.path, MappingProxyType(endpoints), frozenset(rejected)), out.diagnostics
 
 
 def _check_endpoint(out: Collector, name: str, node: LNode, key_pos: Position) -> Endpoint | None:
