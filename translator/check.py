@@ -225,16 +225,18 @@ class _PolicyChecker:
         return Rule(index, name, conditions, route_to, fallback, spec.pos)
 
     def _check_match(self, node: LNode, key_pos: Position) -> tuple[Condition, ...]:
-        match = self.out.expect_map(node, "'match'", key_pos)
-        if match is None:
-            return ()
-        if not match.entries:
+        # `match:` with nothing after it is YAML null: the same mistake as `match: {}`.
+        empty = isinstance(node, LScalar) and node.value is None
+        match = None if empty else self.out.expect_map(node, "'match'", key_pos)
+        if empty or (match is not None and not match.entries):
             self.out.err(
                 EMPTY_MATCH,
                 "'match' is empty: a rule needs at least one condition",
                 key_pos,
                 "to route every remaining request, use a 'default' rule instead",
             )
+            return ()
+        if match is None:
             return ()
         conditions: list[Condition] = []
         for field, value in match.entries.items():

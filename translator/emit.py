@@ -209,7 +209,7 @@ def _test_views(tests: tuple[IRTest, ...]) -> list[_TestView]:
                 input=rego.value(test.input),
                 got=got,
                 want=rego.value(test.expect),
-                report=rego.string(f"test {test.name!r} ({test.source})"),
+                report=rego.string(f"test '{test.name}' ({test.source})"),
             )
         )
     return views

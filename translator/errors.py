@@ -55,6 +55,10 @@ class Diagnostic:
     message: str
     pos: Position
     hint: str | None = None
+    # Where the offending value may be a credential pasted in by mistake, the
+    # source line is shown only up to this 1-based column, so that CI logs never
+    # carry it.
+    redact_col: int | None = None
 
     @property
     def is_error(self) -> bool:
@@ -69,6 +73,8 @@ class Diagnostic:
         out = [self.headline()]
         if source_lines is not None and 1 <= self.pos.line <= len(source_lines):
             text = source_lines[self.pos.line - 1].rstrip("\n")
+            if self.redact_col is not None:
+                text = text[: max(self.redact_col - 1, 0)].rstrip() + " <redacted>"
             gutter = f"{self.pos.line:>4} | "
             out.append(gutter + text)
             out.append(" " * (len(gutter) + max(self.pos.col - 1, 0)) + "^")

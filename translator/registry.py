@@ -204,7 +204,11 @@ def _check_endpoint(out: Collector, name: str, node: LNode, key_pos: Position) -
         return None
     before = len(out.diagnostics)
     out.check_keys(
-        spec, COMMON_FIELDS + TYPE_FIELDS[ep_type], where, required=REQUIRED_FIELDS[ep_type]
+        spec,
+        COMMON_FIELDS + TYPE_FIELDS[ep_type],
+        where,
+        required=REQUIRED_FIELDS[ep_type],
+        secret_values=True,
     )
     strings: dict[str, str] = {}
     for key in ("base_url", "model", "description"):
@@ -274,7 +278,7 @@ def _check_auth(out: Collector, spec: LMap, where: str) -> dict[str, str]:
     auth = out.expect_map(node, f"{where}: 'auth'", spec.pos)
     if auth is None:
         return {}
-    out.check_keys(auth, AUTH_FIELDS, f"{where}: 'auth'")
+    out.check_keys(auth, AUTH_FIELDS, f"{where}: 'auth'", secret_values=True)
     result: dict[str, str] = {}
     for key, value_node in auth.entries.items():
         if key not in AUTH_FIELDS:
@@ -285,9 +289,12 @@ def _check_auth(out: Collector, spec: LMap, where: str) -> dict[str, str]:
         if key.endswith("_env") and not _ENV_RE.match(value):
             out.err(
                 BAD_VALUE,
-                f"{where}: 'auth.{key}' must name an environment variable, got '{value}'",
+                # The value is not echoed: it may be the credential itself.
+                f"{where}: 'auth.{key}' must name an environment variable "
+                "(letters, digits and '_'); the value given is not one",
                 value_node.pos,
                 "write the credential into that variable, never into this file",
+                redact_col=value_node.pos.col,
             )
             continue
         result[key] = value

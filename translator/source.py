@@ -143,6 +143,10 @@ def load(text: str, path: str) -> Document:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        if lines and line > len(lines):
+            # libyaml reports end-of-input errors one line past the end; point
+            # at the end of the last line so the source line can be shown.
+            line, col = len(lines), len(lines[-1]) + 1
         problem = err.problem or err.context or "invalid YAML"
         context = f" ({err.context})" if err.context and err.problem else ""
         doc.diagnostics.append(

@@ -12,8 +12,8 @@ from translator.errors import (
     WRONG_TYPE,
     Diagnostic,
     Position,
+    Severity,
     did_you_mean,
-    error,
 )
 from translator.source import LMap, LNode, LScalar, LSeq, type_name
 
@@ -27,8 +27,16 @@ class Collector:
     def add(self, diagnostic: Diagnostic) -> None:
         self.diagnostics.append(diagnostic)
 
-    def err(self, code: str, message: str, pos: Position, hint: str | None = None) -> None:
-        self.add(error(code, message, pos, hint))
+    def err(
+        self,
+        code: str,
+        message: str,
+        pos: Position,
+        hint: str | None = None,
+        *,
+        redact_col: int | None = None,
+    ) -> None:
+        self.add(Diagnostic(Severity.ERROR, code, message, pos, hint, redact_col))
 
     def wrong_type(self, node: LNode, what: str, wanted: str) -> None:
         self.err(WRONG_TYPE, f"{what} must be {wanted}, got {type_name(node)}", node.pos)
@@ -88,8 +96,14 @@ class Collector:
         allowed: Iterable[str],
         where: str,
         required: Iterable[str] = (),
+        *,
+        secret_values: bool = False,
     ) -> None:
-        """Report unknown keys (with a "did you mean") and missing required ones."""
+        """Report unknown keys (with a "did you mean") and missing required ones.
+
+        With `secret_values`, the source line of an unknown key is not shown past
+        the key: in the registry, an unknown key is often a credential pasted in.
+        """
         allowed_set = set(allowed)
         for key, pos in node.keys.items():
             if key not in allowed_set:
@@ -99,6 +113,7 @@ class Collector:
                     pos,
                     did_you_mean(key, allowed_set)
                     or f"allowed keys: {', '.join(sorted(allowed_set))}",
+                    redact_col=pos.col + len(key) + 1 if secret_values else None,
                 )
         for key in required:
             if key not in node.entries:

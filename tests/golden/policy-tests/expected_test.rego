@@ -66,7 +66,7 @@ test_it_s_quoted_odd_100 if {
 	decision := data.kamiwaza.route.decision with input as {"tenant": "enterprise-acme", "user": {"id": "u-1", "roles": ["analyst"]}, "latency_budget_ms": 300, "cost_cap_per_1k": 0.5, "model": "gpt-4o", "request": {"id": "req-1", "path": "/v1/route", "stream": false}}
 	got := {"rule": object.get(decision, ["rule", "name"], null)}
 	want := {"rule": "acme"}
-	print("test 'it\\'s \"quoted\" & odd: 100%' (policy.yaml:40)", "expected:", want, "actual:", got)
+	print("test 'it's \"quoted\" & odd: 100%' (policy.yaml:40)", "expected:", want, "actual:", got)
 	got == want
 }
 
