@@ -114,6 +114,8 @@ class _PolicyChecker:
             return empty
         self.out.check_keys(root, TOP_KEYS, "the policy", required=("version", "rules"))
         self._check_version(root)
+        if (desc := root.get("description")) is not None:
+            self.out.expect_str(desc, "the policy 'description'", nonempty=False)
         rules_node = root.get("rules")
         declared: set[str] = set()
         if rules_node is not None and (seq := self.out.expect_seq(rules_node, "'rules'")):
@@ -356,6 +358,8 @@ class _PolicyChecker:
     def _known_endpoint(self, name: str, pos: Position, key: str) -> bool:
         if name in self.registry.endpoints:
             return True
+        if not self.registry.readable:
+            return False  # the registry's own error says why
         if name in self.registry.rejected:
             self.out.err(
                 UNKNOWN_ENDPOINT,
@@ -417,6 +421,12 @@ class _PolicyChecker:
             value = plain(value_node)
             if not isinstance(value, types) or isinstance(value, bool):
                 self.out.wrong_type(value_node, f"test input '{key}'", wanted)
+        labels = input_map.get("labels")
+        if isinstance(labels, LMap):
+            for key, label in labels.entries.items():
+                if not (isinstance(label, LScalar) and isinstance(label.value, str)):
+                    # A label that is not a string can never match a condition.
+                    self.out.wrong_type(label, f"test input 'labels.{key}'", "a string")
         user = input_map.get("user")
         if isinstance(user, LMap):
             self.out.check_keys(user, USER_FIELDS, "test input 'user'")
@@ -467,11 +477,18 @@ class _PolicyChecker:
                         did_you_mean(name, rule_names),
                     )
         if (fallback := expect_map.get("fallback")) is not None:
-            value = plain(fallback)
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                expect["fallback"] = value
-            else:
+            names = [
+                (item.value, item.pos)
+                for item in (fallback.items if isinstance(fallback, LSeq) else ())
+                if isinstance(item, LScalar) and isinstance(item.value, str)
+            ]
+            if not isinstance(fallback, LSeq) or len(names) != len(fallback.items):
                 self.out.wrong_type(fallback, "expected 'fallback'", "a list of endpoint names")
+            else:
+                # A list, not a generator: report every unknown name, not just the first.
+                known = [self._known_endpoint(n, p, "expect.fallback") for n, p in names]
+                if all(known):
+                    expect["fallback"] = [n for n, _ in names]
         if (deny := expect_map.get("deny")) is not None:
             flag = self.out.expect_bool(deny, "expected 'deny'")
             if flag is not None:

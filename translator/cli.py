@@ -135,7 +135,7 @@ def test_cmd(path: str, endpoints: str | None, rego_dir: str | None, verbose: bo
 
 def _read_input(raw: str) -> dict[str, Any]:
     text = raw
-    if not raw.lstrip().startswith("{"):
+    if not raw.lstrip().startswith(("{", "[")):
         source = raw[1:] if raw.startswith("@") else raw
         try:
             text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")

@@ -51,7 +51,8 @@ def render_explanation(decision: dict[str, Any] | None, trace: list[dict[str, An
                 lines.append(f"  ({remaining} later rule(s) not reached: first match wins)")
             break
     if rule and rule.get("name") == "default" and not decision.get("overridden_by"):
-        lines.append(f"  default -> {decision['route_to']}  ({rule['source']})")
+        target = decision["route_to"] or "(refused, see deny)"
+        lines.append(f"  default -> {target}  ({rule['source']})")
     if not trace:
         lines.append("  (the policy has no rules)")
     return "\n".join(lines)

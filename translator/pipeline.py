@@ -85,7 +85,7 @@ def check(policy_path: str, registry_path: str | None = None) -> CheckResult:
     registry_text, problem = _read(registry_path, registry_shown)
     if problem:
         result.diagnostics.append(problem)
-        registry = Registry(registry_shown, {})
+        registry = Registry(registry_shown, {}, readable=False)
     else:
         assert registry_text is not None
         registry_doc = load(registry_text, registry_shown)

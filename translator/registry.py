@@ -134,6 +134,9 @@ class Registry:
     endpoints: Mapping[str, Endpoint]
     # Names the registry declares but rejected (their errors are reported there).
     rejected: frozenset[str] = frozenset()
+    # False when the file could not be read or has no endpoints table at all: the
+    # policy check then does not report every route target as unknown.
+    readable: bool = True
 
     def opa_data(self) -> dict[str, Any]:
         """The document loaded into OPA at `data.kamiwaza.endpoints`."""
@@ -153,17 +156,17 @@ def check_registry(doc: Document) -> tuple[Registry, list[Diagnostic]]:
                 "the endpoint registry is empty: it needs an 'endpoints' mapping",
                 Position(doc.path, 1, 1),
             )
-        return Registry(doc.path, endpoints), out.diagnostics
+        return Registry(doc.path, endpoints, readable=False), out.diagnostics
     root = out.expect_map(doc.root, "the endpoint registry", doc.root.pos)
     if root is None:
-        return Registry(doc.path, endpoints), out.diagnostics
+        return Registry(doc.path, endpoints, readable=False), out.diagnostics
     out.check_keys(root, ("endpoints",), "the endpoint registry", required=("endpoints",))
     table = root.get("endpoints")
     if table is None:
-        return Registry(doc.path, endpoints), out.diagnostics
+        return Registry(doc.path, endpoints, readable=False), out.diagnostics
     table_map = out.expect_map(table, "'endpoints'", root.pos)
     if table_map is None:
-        return Registry(doc.path, endpoints), out.diagnostics
+        return Registry(doc.path, endpoints, readable=False), out.diagnostics
     for name, node in table_map.entries.items():
         key_pos = table_map.keys[name]
         if not _NAME_RE.match(name):
