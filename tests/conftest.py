@@ -1,13 +1,15 @@
-"""Shared fixtures: the real OPA binary and servers on loopback."""
+"""Shared fixtures: the real OPA binary and servers, and fake upstreams, on loopback."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.fake_upstream import FakeUpstream
 from tests.opa_server import OpaServer
 from translator.opa import find_opa
 
@@ -50,3 +52,23 @@ def shared_opa(opa_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def fake_upstream() -> AsyncIterator[Callable[..., Awaitable[FakeUpstream]]]:
+    """Factory: start a fake OpenAI-compatible upstream on a free loopback port.
+
+    `await fake_upstream(token=..., model=...)`; every one started is closed at
+    teardown. See tests/fake_upstream.py for controlling its behaviour.
+    """
+    started: list[FakeUpstream] = []
+
+    async def start(**kwargs: Any) -> FakeUpstream:
+        upstream = FakeUpstream(**kwargs)
+        await upstream.start()
+        started.append(upstream)
+        return upstream
+
+    yield start
+    for upstream in started:
+        await upstream.close()

@@ -1,0 +1,38 @@
+"""Provider adapters: one package per provider, all behind the seam in `base`.
+
+:func:`adapter_for` builds the adapter for a registry endpoint by its type.
+"""
+
+from gateway.providers.base import (
+    CredentialStore,
+    ProviderAdapter,
+    ProviderConfigError,
+    ProviderNotImplementedError,
+    Secret,
+    StreamTranslator,
+    UpstreamFailure,
+    UpstreamFailureError,
+    UpstreamRequest,
+    Usage,
+    adapter_for,
+    adapters_for,
+    implemented_types,
+    register_adapter,
+)
+
+__all__ = [
+    "CredentialStore",
+    "ProviderAdapter",
+    "ProviderConfigError",
+    "ProviderNotImplementedError",
+    "Secret",
+    "StreamTranslator",
+    "UpstreamFailure",
+    "UpstreamFailureError",
+    "UpstreamRequest",
+    "Usage",
+    "adapter_for",
+    "adapters_for",
+    "implemented_types",
+    "register_adapter",
+]

@@ -1,0 +1,107 @@
+"""The HTTP-facing adapter for OpenAI-compatible upstreams.
+
+Serves endpoint types `openai-compatible` (vLLM, TGI, TensorRT-LLM, or any
+server with the OpenAI Chat Completions API; `flavor` says which) and `openai`
+(api.openai.com). The pure translation lives in :mod:`.translate`; this module
+adds the URL, the endpoint's credential and provider headers. Variants (Azure
+OpenAI) subclass :class:`OpenAICompatibleAdapter` and override `url()`,
+`auth_headers()` and `upstream_body()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.providers.base import (
+    CredentialStore,
+    ProviderAdapter,
+    ProviderConfigError,
+    Secret,
+    StreamTranslator,
+    UpstreamFailure,
+    UpstreamRequest,
+    Usage,
+)
+from gateway.providers.openai_compatible import translate
+from translator.registry import Endpoint
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+class OpenAICompatibleAdapter(ProviderAdapter):
+    """`POST {base_url}/chat/completions` with `Authorization: Bearer <token>`.
+
+    The token comes from `auth.bearer_token_env` / `auth.bearer_token_file`
+    (`auth.api_key_*` is accepted as a synonym, as OpenAI calls it an API key).
+    A private server started without a key needs no `auth` at all.
+    """
+
+    chat_path = "/chat/completions"
+    requires_credential = False
+    default_base_url: str | None = None
+
+    def __init__(self, endpoint: Endpoint, credentials: CredentialStore) -> None:
+        super().__init__(endpoint, credentials)
+        base_url = endpoint.base_url or self.default_base_url
+        if not base_url:
+            raise ProviderConfigError(f"endpoint '{endpoint.name}' needs a base_url")
+        self.base_url = base_url.rstrip("/")
+        self.flavor = str(endpoint.options.get("flavor", "openai"))
+        self._token: Secret | None = self._load_token()
+
+    def _load_token(self) -> Secret | None:
+        if self.requires_credential:
+            return self.credentials.require("bearer_token", "api_key")[1]
+        for name in ("bearer_token", "api_key"):
+            if self.credentials.has(name):
+                return self.credentials.load(name)
+        return None
+
+    def url(self, body: Mapping[str, Any], *, stream: bool) -> str:
+        return self.base_url + self.chat_path
+
+    def auth_headers(self) -> dict[str, str]:
+        if self._token is None:
+            return {}
+        return {"Authorization": f"Bearer {self._token.reveal()}"}
+
+    def upstream_body(self, body: Mapping[str, Any], *, stream: bool) -> dict[str, Any]:
+        return translate.build_request_body(body, model=self.endpoint.model, stream=stream)
+
+    async def prepare(self, body: Mapping[str, Any], *, stream: bool) -> UpstreamRequest:
+        headers = {"Content-Type": "application/json", **self.auth_headers()}
+        return UpstreamRequest(
+            "POST",
+            self.url(body, stream=stream),
+            headers,
+            translate.encode_body(self.upstream_body(body, stream=stream)),
+        )
+
+    def parse_response(
+        self, status: int, headers: Mapping[str, str], body: bytes
+    ) -> tuple[dict[str, Any], Usage | None]:
+        return translate.parse_completion(body)
+
+    def classify_error(
+        self, status: int, headers: Mapping[str, str], body: bytes
+    ) -> UpstreamFailure:
+        return translate.classify_error(status, headers, body, redact=self.redact)
+
+    def stream_translator(self, body: Mapping[str, Any]) -> StreamTranslator:
+        return translate.OpenAIStreamTranslator.for_body(body, self.redact)
+
+
+class OpenAIAdapter(OpenAICompatibleAdapter):
+    """api.openai.com: a key is required; `organization` / `project` become headers."""
+
+    requires_credential = True
+    default_base_url = OPENAI_BASE_URL
+
+    def auth_headers(self) -> dict[str, str]:
+        headers = super().auth_headers()
+        if organization := self.endpoint.options.get("organization"):
+            headers["OpenAI-Organization"] = str(organization)
+        if project := self.endpoint.options.get("project"):
+            headers["OpenAI-Project"] = str(project)
+        return headers

@@ -1,0 +1,355 @@
+"""Pure wire translation for OpenAI-compatible upstreams (no I/O).
+
+OpenAI, vLLM, TGI and TensorRT-LLM (and Azure OpenAI, which adds only its URL
+and auth) speak the Chat Completions protocol the client already speaks, so the
+"translation" is small: the request body gets the endpoint's model and asks for
+usage in streams; the answer passes through, frame by frame for streams, while
+usage is picked up (or estimated when the upstream reports none) and errors in
+the various servers' shapes are classified.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gateway.providers.base import (
+    BAD_UPSTREAM_RESPONSE,
+    DONE_FRAME,
+    MAX_ERROR_MESSAGE,
+    UPSTREAM_STREAM_ERROR,
+    StreamTranslator,
+    UpstreamFailure,
+    UpstreamFailureError,
+    Usage,
+    estimate_prompt_tokens,
+    estimate_text_tokens,
+    failure_for_status,
+    parse_retry_after,
+    sse_frame,
+)
+from gateway.providers.sse import SseParser, SseProtocolError
+
+_DONE = b"[DONE]"
+
+
+def build_request_body(
+    body: Mapping[str, Any], *, model: str | None, stream: bool
+) -> dict[str, Any]:
+    """The body to send upstream for the client's `body`.
+
+    The endpoint's model (when set) replaces the client's: the registry decides
+    what runs where. Streams always ask for usage in their last chunk, so that
+    tokens and cost come from the upstream rather than an estimate;
+    `stream_options` is dropped for non-streamed requests, where OpenAI rejects it.
+    """
+    out = dict(body)
+    if model:
+        out["model"] = model
+    out["stream"] = stream
+    if stream:
+        options = out.get("stream_options")
+        merged = dict(options) if isinstance(options, Mapping) else {}
+        merged["include_usage"] = True
+        out["stream_options"] = merged
+    else:
+        out.pop("stream_options", None)
+    return out
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def client_wants_usage(body: Mapping[str, Any]) -> bool:
+    """Whether the client itself asked for the usage chunk of a stream."""
+    options = body.get("stream_options")
+    return isinstance(options, Mapping) and options.get("include_usage") is True
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if value >= 0 else None
+
+
+def parse_usage(usage: Any, *, prompt_estimate: int | None = None) -> Usage | None:
+    """An OpenAI `usage` object as Usage; None when it carries no counts."""
+    if not isinstance(usage, Mapping):
+        return None
+    prompt = _int(usage.get("prompt_tokens"))
+    completion = _int(usage.get("completion_tokens"))
+    if prompt is None and completion is None:
+        return None
+    cached = 0
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, Mapping):
+        cached = _int(details.get("cached_tokens")) or 0
+    estimated = prompt is None or completion is None
+    if prompt is None:
+        prompt = prompt_estimate or 0
+    return Usage(prompt, completion or 0, cache_read_tokens=cached, estimated=estimated)
+
+
+def parse_completion(raw: bytes) -> tuple[dict[str, Any], Usage | None]:
+    """A 2xx non-streamed answer: the `chat.completion` object and its usage."""
+    try:
+        completion = json.loads(raw)
+    except ValueError:
+        raise UpstreamFailureError(_bad_response("the upstream's answer is not JSON")) from None
+    if not isinstance(completion, dict):
+        raise UpstreamFailureError(_bad_response("the upstream's answer is not a JSON object"))
+    if "error" in completion and "choices" not in completion:
+        raise UpstreamFailureError(_error_object_failure(completion["error"], 502))
+    if not isinstance(completion.get("choices"), list):
+        raise UpstreamFailureError(
+            _bad_response("the upstream's answer is not a chat completion (no 'choices')")
+        )
+    return completion, parse_usage(completion.get("usage"))
+
+
+def _bad_response(message: str) -> UpstreamFailure:
+    return UpstreamFailure(502, BAD_UPSTREAM_RESPONSE, message, True)
+
+
+def error_details(body: bytes) -> tuple[str | None, str | None]:
+    """(message, code) from an error body in any of the servers' shapes.
+
+    OpenAI and recent vLLM: `{"error": {"message", "type", "code"}}`; older vLLM:
+    `{"object": "error", "message", "type", "code": 400}`; TGI: `{"error": "text",
+    "error_type": "validation"}`; anything else: the text itself.
+    """
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return (text or None), None
+    if not isinstance(parsed, dict):
+        return text, None
+    error = parsed.get("error", parsed)
+    if isinstance(error, str):
+        return error, None
+    if isinstance(error, dict):
+        message = error.get("message")
+        # Only a string `code` is a code; `type` is a category (and old vLLM
+        # puts the HTTP status in `code`), so neither stands in for one.
+        code = error.get("code")
+        if isinstance(message, str):
+            return message, code if isinstance(code, str) else None
+    return text, None
+
+
+def classify_error(
+    status: int, headers: Mapping[str, str], body: bytes, *, redact: Callable[[str], str]
+) -> UpstreamFailure:
+    """Classify a non-2xx answer of an OpenAI-compatible server."""
+    message, code = error_details(body)
+    if message is not None:
+        message = redact(message)[:MAX_ERROR_MESSAGE]
+    if code is not None:
+        code = redact(code)[:100]
+    return failure_for_status(
+        status, message=message, code=code, retry_after=parse_retry_after(headers)
+    )
+
+
+def _error_object_failure(error: Any, status: int) -> UpstreamFailure:
+    message: str | None = None
+    code: str | None = None
+    if isinstance(error, str):
+        message = error
+    elif isinstance(error, Mapping):
+        if isinstance(error.get("message"), str):
+            message = error["message"]
+        if isinstance(error.get("code"), str):
+            code = error["code"]
+    return UpstreamFailure(
+        status,
+        code or UPSTREAM_STREAM_ERROR,
+        (message or "the upstream reported an error")[:MAX_ERROR_MESSAGE],
+        True,
+    )
+
+
+class OpenAIStreamTranslator(StreamTranslator):
+    """Passes an OpenAI-compatible SSE stream through, frame by frame.
+
+    Each upstream `data:` event is re-framed as `data: <payload>\\n\\n` with the
+    payload's bytes untouched (line endings normalised, comments dropped). The
+    usage chunk the gateway asked for is forwarded only when the client asked
+    for it too: a client that did not may index `choices[0]` of every chunk.
+    When the upstream reports no usage, output tokens are estimated from the
+    streamed text: at least one token per content-bearing chunk (servers stream
+    about one token per chunk) and at least one per four characters.
+    """
+
+    def __init__(
+        self,
+        *,
+        prompt_tokens_estimate: int,
+        client_wants_usage: bool,
+        redact: Callable[[str], str],
+    ) -> None:
+        self._parser = SseParser()
+        self._prompt_estimate = prompt_tokens_estimate
+        self._client_wants_usage = client_wants_usage
+        self._redact = redact
+        self._reported: Usage | None = None
+        self._chars = 0
+        self._content_chunks = 0
+        self._finished_choice = False
+        self._done = False
+        self._last_id: Any = None
+        self._last_model: Any = None
+        self._last_created: Any = None
+
+    @classmethod
+    def for_body(
+        cls, body: Mapping[str, Any], redact: Callable[[str], str]
+    ) -> OpenAIStreamTranslator:
+        return cls(
+            prompt_tokens_estimate=estimate_prompt_tokens(body),
+            client_wants_usage=client_wants_usage(body),
+            redact=redact,
+        )
+
+    @property
+    def done(self) -> bool:
+        """Whether the upstream's `[DONE]` (or the translator's own) was emitted."""
+        return self._done
+
+    @property
+    def usage(self) -> Usage:
+        if self._reported is not None:
+            return self._reported
+        return Usage(
+            self._prompt_estimate,
+            max(self._content_chunks, estimate_text_tokens(self._chars)),
+            estimated=True,
+        )
+
+    def feed(self, data: bytes) -> list[bytes]:
+        try:
+            events = self._parser.feed(data)
+        except SseProtocolError as err:
+            raise UpstreamFailureError(_bad_response(str(err))) from None
+        frames: list[bytes] = []
+        try:
+            for event in events:
+                self._event(event.event, event.data, frames)
+        except UpstreamFailureError as err:
+            # Frames that preceded the error in this read are still the answer's.
+            err.frames = frames
+            raise
+        return frames
+
+    def finish(self) -> list[bytes]:
+        frames: list[bytes] = []
+        for event in self._parser.flush():
+            try:
+                self._event(event.event, event.data, frames)
+            except UpstreamFailureError as err:
+                # An event cut off by the end of the stream is discarded (as
+                # the SSE specification says); the check below reports it.
+                if err.failure.code != BAD_UPSTREAM_RESPONSE:
+                    err.frames = frames
+                    raise
+        if not self._done:
+            if not self._finished_choice:
+                raise UpstreamFailureError(
+                    UpstreamFailure(
+                        502,
+                        "upstream_stream_truncated",
+                        "the upstream's stream ended before the answer was complete",
+                        True,
+                    )
+                )
+            # A complete answer (a finish_reason arrived) without `[DONE]`:
+            # some servers close without it; end the client's stream properly.
+            self._end(frames)
+        return frames
+
+    def _event(self, name: str | None, data: bytes, frames: list[bytes]) -> None:
+        if self._done:
+            return
+        payload = data.strip()
+        if payload == _DONE:
+            self._end(frames)
+            return
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise UpstreamFailureError(
+                _bad_response("the upstream sent a stream event that is not JSON")
+            ) from None
+        if not isinstance(chunk, dict):
+            raise UpstreamFailureError(
+                _bad_response("the upstream sent a stream event that is not a JSON object")
+            )
+        if name == "error" or ("error" in chunk and "choices" not in chunk):
+            failure = _error_object_failure(chunk.get("error", chunk), 502)
+            raise UpstreamFailureError(
+                UpstreamFailure(
+                    failure.status_for_client,
+                    failure.code,
+                    self._redact(failure.message),
+                    failure.retryable,
+                )
+            )
+        self._last_id = chunk.get("id", self._last_id)
+        self._last_model = chunk.get("model", self._last_model)
+        self._last_created = chunk.get("created", self._last_created)
+        usage = parse_usage(chunk.get("usage"), prompt_estimate=self._prompt_estimate)
+        if usage is not None:
+            self._reported = usage
+        choices = chunk.get("choices")
+        if isinstance(choices, list):
+            self._count(choices)
+        if usage is not None and not choices and not self._client_wants_usage:
+            return
+        frames.append(b"data: " + payload + b"\n\n")
+
+    def _count(self, choices: list[Any]) -> None:
+        chars = 0
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            if choice.get("finish_reason"):
+                self._finished_choice = True
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                continue
+            for key in ("content", "reasoning_content", "reasoning", "refusal"):
+                value = delta.get(key)
+                if isinstance(value, str):
+                    chars += len(value)
+            for call in delta.get("tool_calls") or ():
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    for key in ("name", "arguments"):
+                        value = function.get(key)
+                        if isinstance(value, str):
+                            chars += len(value)
+        if chars:
+            self._chars += chars
+            self._content_chunks += 1
+
+    def _end(self, frames: list[bytes]) -> None:
+        if self._client_wants_usage and self._reported is None:
+            # The client asked for a usage chunk the upstream did not send.
+            frames.append(
+                sse_frame(
+                    {
+                        "id": self._last_id or "chatcmpl-gateway",
+                        "object": "chat.completion.chunk",
+                        "created": self._last_created or int(time.time()),
+                        "model": self._last_model or "",
+                        "choices": [],
+                        "usage": self.usage.as_openai(),
+                    }
+                )
+            )
+        frames.append(DONE_FRAME)
+        self._done = True
