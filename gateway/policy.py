@@ -1,0 +1,128 @@
+"""The gateway's client for OPA decisions, failing closed.
+
+One long-lived opa-python-client async session queries
+`data.kamiwaza.route.decision`. Unreachable, slow (past the configured timeout),
+erroring or result-less OPA all become :class:`PolicyUnavailableError` (503):
+without a decision nothing is forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from opa_client.errors import ConnectionsError
+from opa_client.opa_async import AsyncOpaClient
+
+from gateway.errors import PolicyUnavailableError
+
+DECISION_PACKAGE = "kamiwaza/route"
+DECISION_RULE = "decision"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    decision_id: str | None
+    route_to: str | None
+    fallback: tuple[str, ...]
+    rule: dict[str, Any] | None
+    conditions: list[dict[str, Any]]
+    overridden_by: str | None
+    deny: tuple[str, ...]
+    revision: str | None
+    elapsed_ms: float = 0.0
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def route(self) -> list[str]:
+        """Endpoints to try, in order."""
+        return [self.route_to, *self.fallback] if self.route_to else []
+
+
+def parse_decision(doc: dict[str, Any], decision_id: str | None, elapsed_ms: float) -> Decision:
+    """Check the decision contract; a malformed answer is treated like no answer."""
+    try:
+        route_to = doc["route_to"]
+        fallback = doc["fallback"]
+        deny = doc["deny"]
+        if route_to is not None and not isinstance(route_to, str):
+            raise TypeError("route_to")
+        if not isinstance(fallback, list) or not all(isinstance(f, str) for f in fallback):
+            raise TypeError("fallback")
+        if not isinstance(deny, list) or not all(isinstance(d, str) for d in deny):
+            raise TypeError("deny")
+        if route_to is None and not deny:
+            raise TypeError("route_to is null without a deny reason")
+        return Decision(
+            decision_id=decision_id,
+            route_to=route_to,
+            fallback=tuple(fallback),
+            rule=doc.get("rule"),
+            conditions=list(doc.get("conditions") or []),
+            overridden_by=doc.get("overridden_by"),
+            deny=tuple(deny),
+            revision=doc.get("revision"),
+            elapsed_ms=elapsed_ms,
+            raw=doc,
+        )
+    except (KeyError, TypeError) as err:
+        raise PolicyUnavailableError(
+            f"OPA returned a malformed decision ({err}); refusing to route",
+            code="policy_malformed",
+        ) from err
+
+
+class PolicyClient:
+    """Queries OPA for routing decisions over one long-lived session."""
+
+    def __init__(self, url: str, timeout_ms: int) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"OPA URL must be http(s)://host:port, got {url!r}")
+        self.url = url
+        self.timeout = timeout_ms / 1000
+        # No retries: a retry would blow the latency budget; failing closed is the point.
+        self._client = AsyncOpaClient(
+            host=parts.hostname,
+            port=parts.port or (443 if parts.scheme == "https" else 80),
+            ssl=parts.scheme == "https",
+            retries=0,
+            timeout=self.timeout,
+        )
+
+    async def start(self) -> None:
+        await self._client._init_session()
+
+    async def close(self) -> None:
+        await self._client.close_connection()
+
+    async def healthy(self) -> bool:
+        return bool(await self._client.check_health())
+
+    async def decide(self, input_doc: dict[str, Any]) -> Decision:
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout):
+                answer = await self._client.query_rule(input_doc, DECISION_PACKAGE, DECISION_RULE)
+        except TimeoutError as err:
+            raise PolicyUnavailableError(
+                f"OPA did not answer within {self.timeout * 1000:.0f} ms; refusing to route",
+                code="policy_timeout",
+            ) from err
+        except (aiohttp.ClientError, ConnectionsError, OSError) as err:
+            raise PolicyUnavailableError(
+                f"OPA is unreachable ({type(err).__name__}); refusing to route",
+                code="policy_unreachable",
+            ) from err
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        result = answer.get("result") if isinstance(answer, dict) else None
+        if not isinstance(result, dict):
+            raise PolicyUnavailableError(
+                "OPA answered without a decision (is the policy loaded?); refusing to route",
+                code="policy_no_result",
+            )
+        return parse_decision(result, answer.get("decision_id"), elapsed_ms)

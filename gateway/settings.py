@@ -1,0 +1,233 @@
+"""Gateway configuration, parsed once into frozen settings.
+
+Sources, later ones winning: built-in defaults (which run the example policy),
+a YAML config file (`--config` or `KAMIWAZA_CONFIG`), environment variables
+(`KAMIWAZA_<KEY>` in upper case, e.g. `KAMIWAZA_OPA_TIMEOUT_MS`), and command
+line flags. A missing or malformed value fails at startup with a
+:class:`SettingsError` naming the key or variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from gateway.auth.identity import AuthConfigError
+from gateway.auth.jwt_verifier import JwtSettings
+
+ENV_PREFIX = "KAMIWAZA_"
+DEFAULT_DATA_CLASSES = ("public", "internal", "confidential", "pii-restricted")
+
+
+class SettingsError(Exception):
+    """A configuration value is missing or invalid; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    policy: str = "policies/routing.yaml"
+    endpoints: str | None = None  # default: endpoints.yaml beside the policy
+    keys: str = "keys.json"
+    audit_dir: str = "audit"
+    rego_dir: str = "rego"
+    # None: start and supervise an OPA sidecar on loopback.
+    opa_url: str | None = None
+    opa_bin: str | None = None
+    opa_timeout_ms: int = 250
+    max_body_bytes: int = 4 * 1024 * 1024
+    data_classes: tuple[str, ...] = DEFAULT_DATA_CLASSES
+    default_data_class: str = "internal"
+    # The lowest data class each tenant's requests may carry.
+    tenant_floors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 30.0
+    jwt: JwtSettings | None = None
+    log_level: str = "info"
+    # Start even when an endpoint's credential is missing (routes to it fail
+    # over); off by default so that a typo in a variable name stops startup.
+    allow_unconfigured_endpoints: bool = False
+
+    def data_class_rank(self, name: str) -> int:
+        return self.data_classes.index(name)
+
+
+def _int(value: Any, where: str, minimum: int = 0) -> int:
+    if isinstance(value, bool):
+        raise SettingsError(f"{where}: expected an integer, got {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{where}: expected an integer, got {value!r}") from None
+    if number < minimum:
+        raise SettingsError(f"{where}: must be at least {minimum}, got {number}")
+    return number
+
+
+def _float(value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise SettingsError(f"{where}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{where}: expected a number, got {value!r}") from None
+    if number < 0:
+        raise SettingsError(f"{where}: must not be negative, got {number:g}")
+    return number
+
+
+def _bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{where}: expected true or false, got {value!r}")
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise SettingsError(f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _opt_str(value: Any, where: str) -> str | None:
+    return None if value in (None, "") else _str(value, where)
+
+
+def _str_list(value: Any, where: str) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise SettingsError(f"{where}: expected a non-empty list, got {value!r}")
+    return tuple(_str(item, where).strip() for item in items)
+
+
+def _str_map(value: Any, where: str) -> Mapping[str, str]:
+    if isinstance(value, str):  # env form: "acme=confidential,globex=internal"
+        pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise SettingsError(f"{where}: expected key=value pairs, got {value!r}")
+        value = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(value, dict):
+        raise SettingsError(f"{where}: expected a mapping, got {value!r}")
+    return MappingProxyType({_str(k, where): _str(v, f"{where}.{k}") for k, v in value.items()})
+
+
+def _jwt(value: Any, where: str) -> JwtSettings | None:
+    if value in (None, {}):
+        return None
+    if not isinstance(value, dict):
+        raise SettingsError(f"{where}: expected a mapping, got {value!r}")
+    known = {f.name: f for f in fields(JwtSettings)}
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise SettingsError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for key, raw in value.items():
+        sub = f"{where}.{key}"
+        if key == "algorithms" or (key == "audience" and isinstance(raw, list)):
+            kwargs[key] = _str_list(raw, sub)
+        elif key.endswith("_s"):
+            kwargs[key] = _float(raw, sub)
+        else:
+            kwargs[key] = _opt_str(raw, sub)
+    for required in ("issuer", "audience"):
+        if required not in kwargs:
+            raise SettingsError(f"{where}.{required}: required when jwt is configured")
+    try:
+        return JwtSettings(**kwargs)
+    except AuthConfigError as err:
+        raise SettingsError(f"{where}: {err}") from err
+
+
+_PARSERS: dict[str, Callable[[Any, str], Any]] = {
+    "host": _str,
+    "port": lambda v, w: _int(v, w, minimum=0),
+    "policy": _str,
+    "endpoints": _opt_str,
+    "keys": _str,
+    "audit_dir": _str,
+    "rego_dir": _str,
+    "opa_url": _opt_str,
+    "opa_bin": _opt_str,
+    "opa_timeout_ms": lambda v, w: _int(v, w, minimum=1),
+    "max_body_bytes": lambda v, w: _int(v, w, minimum=1024),
+    "data_classes": _str_list,
+    "default_data_class": _str,
+    "tenant_floors": _str_map,
+    "breaker_failures": lambda v, w: _int(v, w, minimum=1),
+    "breaker_cooldown_s": _float,
+    "jwt": _jwt,
+    "log_level": _str,
+    "allow_unconfigured_endpoints": _bool,
+}
+
+
+def load_settings(
+    config_file: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge defaults, config file, environment and overrides; validate everything."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    config_file = config_file or env.get(f"{ENV_PREFIX}CONFIG") or None
+    if config_file:
+        values.update(_read_config(config_file))
+    for key, parser in _PARSERS.items():
+        raw = env.get(ENV_PREFIX + key.upper())
+        if raw is not None and key != "jwt":  # JWT settings are structured: config file only
+            values[key] = (parser, raw, ENV_PREFIX + key.upper())
+    for key, raw in (overrides or {}).items():
+        if raw is not None:
+            if key not in _PARSERS:
+                raise SettingsError(f"unknown setting {key!r}")
+            values[key] = (_PARSERS[key], raw, f"--{key.replace('_', '-')}")
+    parsed: dict[str, Any] = {}
+    for key, entry in values.items():
+        parser, raw, where = entry
+        parsed[key] = parser(raw, where)
+    settings = Settings(**parsed)
+    _cross_check(settings)
+    return settings
+
+
+def _read_config(path: str) -> dict[str, tuple[Callable[[Any, str], Any], Any, str]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except OSError as err:
+        raise SettingsError(f"config file {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise SettingsError(f"config file {path}: invalid YAML: {err}") from err
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise SettingsError(f"config file {path}: expected a mapping of settings")
+    out = {}
+    for key, raw in doc.items():
+        if key not in _PARSERS:
+            raise SettingsError(f"config file {path}: unknown setting {key!r}")
+        out[key] = (_PARSERS[key], raw, f"{path}: {key}")
+    return out
+
+
+def _cross_check(settings: Settings) -> None:
+    classes = settings.data_classes
+    if len(set(classes)) != len(classes):
+        raise SettingsError("data_classes: names must be unique")
+    if settings.default_data_class not in classes:
+        raise SettingsError(
+            f"default_data_class: {settings.default_data_class!r} is not one of data_classes"
+        )
+    for tenant, floor in settings.tenant_floors.items():
+        if floor not in classes:
+            raise SettingsError(f"tenant_floors.{tenant}: {floor!r} is not one of data_classes")

@@ -1,0 +1,139 @@
+"""A running gateway for integration tests: real OPA sidecar, fake upstreams on
+loopback, a keys file with one key per test tenant, and an audit directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.app import AUDIT, create_app
+from gateway.auth import KeyStore
+from gateway.settings import load_settings
+from tests.fake_upstream import FakeUpstream
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The example policy's endpoints, all speaking the OpenAI-compatible protocol
+# here so that every rule can be exercised before the other adapters exist.
+ENDPOINT_NAMES = ("private-gpu", "private-gpu-b", "anthropic", "bedrock")
+IN_VPC = {"private-gpu": True, "private-gpu-b": True, "anthropic": False, "bedrock": False}
+PRICING = {
+    "private-gpu": (0.0002, 0.0002),
+    "private-gpu-b": (0.0002, 0.0002),
+    "anthropic": (0.003, 0.015),
+    "bedrock": (0.00025, 0.00125),
+}
+
+
+def registry_yaml(upstreams: dict[str, FakeUpstream], *, first_token_ms: int = 2000) -> str:
+    lines = ["endpoints:"]
+    for name in ENDPOINT_NAMES:
+        up = upstreams[name]
+        env = name.upper().replace("-", "_") + "_TOKEN"
+        price_in, price_out = PRICING[name]
+        lines += [
+            f"  {name}:",
+            "    type: openai-compatible",
+            f"    base_url: {up.url}",
+            f"    model: model-of-{name}",
+            f"    in_vpc: {'true' if IN_VPC[name] else 'false'}",
+            f"    auth: {{bearer_token_env: {env}}}",
+            f"    pricing: {{input_per_1k: {price_in}, output_per_1k: {price_out}}}",
+            "    timeouts:",
+            f"      {{connect_ms: 1000, first_token_ms: {first_token_ms}, total_ms: 10000}}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def token_of(name: str) -> str:
+    return f"token-for-{name}"
+
+
+@dataclass
+class Gateway:
+    app: web.Application
+    server: TestServer
+    upstreams: dict[str, FakeUpstream]
+    keys: dict[str, str]  # tenant label -> API key
+    audit_dir: Path
+    workdir: Path
+    clients: list[Any] = field(default_factory=list)  # SDK clients to close at teardown
+
+    @property
+    def base_url(self) -> str:
+        return str(self.server.make_url("/v1"))
+
+    def url(self, path: str) -> str:
+        return str(self.server.make_url(path))
+
+    async def audit_records(self) -> list[dict[str, Any]]:
+        await self.app[AUDIT].flush()
+        records = []
+        for path in sorted(self.audit_dir.glob("audit-*.jsonl")):
+            records += [json.loads(line) for line in path.read_text().splitlines()]
+        return records
+
+    async def close(self) -> None:
+        for sdk in self.clients:
+            await sdk.close()
+        await self.server.close()
+
+    def upstream_requests(self) -> dict[str, int]:
+        return {name: len(up.requests) for name, up in self.upstreams.items()}
+
+
+async def start_gateway(
+    tmp_path: Path,
+    fake_upstream: Any,
+    *,
+    policy: str | None = None,
+    opa_url: str | None = None,
+    settings_overrides: dict[str, Any] | None = None,
+    first_token_ms: int = 2000,
+) -> Gateway:
+    upstreams = {}
+    for name in ENDPOINT_NAMES:
+        upstreams[name] = await fake_upstream(token=token_of(name), model=f"model-of-{name}")
+    workdir = tmp_path / "gw"
+    workdir.mkdir()
+    if policy is None:
+        shutil.copy(ROOT / "policies" / "routing.yaml", workdir / "routing.yaml")
+    else:
+        (workdir / "routing.yaml").write_text(policy)
+    (workdir / "endpoints.yaml").write_text(registry_yaml(upstreams, first_token_ms=first_token_ms))
+    keys_file = workdir / "keys.json"
+    store = KeyStore.load(keys_file, missing_ok=True)
+    keys = {
+        "acme": store.create(tenant="enterprise-acme", user="u-17", roles=["analyst"])[1],
+        "globex": store.create(tenant="globex", user="u-2", roles=["dev", "admin"])[1],
+        "limited": store.create(
+            tenant="limited",
+            allowed_data_classes=["public", "internal"],
+            default_data_class="public",
+        )[1],
+        "hospital": store.create(tenant="hospital", user="dr-who")[1],
+    }
+    audit_dir = workdir / "audit"
+    settings = load_settings(
+        overrides={
+            "policy": str(workdir / "routing.yaml"),
+            "keys": str(keys_file),
+            "audit_dir": str(audit_dir),
+            "rego_dir": str(ROOT / "rego"),
+            "opa_url": opa_url,
+            "tenant_floors": {"hospital": "pii-restricted"},
+            **(settings_overrides or {}),
+        },
+        environ={},
+    )
+    environ = {name.upper().replace("-", "_") + "_TOKEN": token_of(name) for name in ENDPOINT_NAMES}
+    app = create_app(settings, environ=environ)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return Gateway(app, server, upstreams, keys, audit_dir, workdir)
