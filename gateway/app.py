@@ -63,6 +63,10 @@ FORWARDER = web.AppKey("forwarder", Forwarder)
 AUDIT = web.AppKey("audit", JsonlAuditLog)
 COMPILED = web.AppKey("compiled", dict)  # path -> text of the compiled policy files
 RELOADS = web.AppKey("reloads", set)  # keeps SIGHUP reload tasks referenced
+# Called with every finished model request's audit record (audit sink, metrics).
+# Observers run on the request path: they must not block or raise.
+RecordObserver = Callable[[AuditRecord], None]
+OBSERVERS = web.AppKey("observers", list)
 
 CHAT_PATHS = frozenset({"/v1/route", "/v1/chat/completions"})
 # Status recorded when the client goes away before the answer is complete.
@@ -142,6 +146,7 @@ def create_app(
     app[FORWARDER] = forwarder
     app[COMPILED] = compiled
     app[AUDIT] = JsonlAuditLog(settings.audit_dir)
+    app[OBSERVERS] = [app[AUDIT].write]
     app.cleanup_ctx.extend([_audit_ctx, _policy_ctx, _forwarder_ctx, _auth_ctx])
     app.router.add_post("/v1/route", chat_completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -259,7 +264,11 @@ async def _request_middleware(request: web.Request, handler: Handler) -> web.Str
                 if not record.attempts:
                     record.attempts = [_audit_attempt(a) for a in trace.attempts]
             record.latency_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
-            request.app[AUDIT].write(record)
+            for observe in request.app[OBSERVERS]:
+                try:
+                    observe(record)
+                except Exception:
+                    log.exception("observer %r failed for request %s", observe, request_id)
 
 
 def _from_http_exception(exc: web.HTTPException) -> GatewayError:

@@ -315,6 +315,10 @@ class _Success:
     stream_error: UpstreamFailure | None = None
 
 
+# What one attempt gives: an answer or a failure, and the upstream's HTTP status.
+_Outcome = tuple[_Success | UpstreamFailure, int | None]
+
+
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
 
@@ -390,6 +394,14 @@ class Forwarder:
     async def start(self) -> None:
         if self._started:
             return
+        try:
+            await self._open_sessions()
+        except BaseException:
+            await self.close()
+            raise
+        self._started = True
+
+    async def _open_sessions(self) -> None:
         for target in self._targets.values():
             connect_s = target.endpoint.timeouts.connect_ms / 1000.0
             connector = aiohttp.TCPConnector(
@@ -411,7 +423,6 @@ class Forwarder:
                 raise_for_status=False,
             )
             await target.adapter.start()
-        self._started = True
 
     async def close(self) -> None:
         for target in self._targets.values():
@@ -461,38 +472,11 @@ class Forwarder:
 
         Raises UpstreamFailedError when no endpoint answers (with every attempt).
         """
-        trace = trace if trace is not None else ForwardTrace()
-        started = time.perf_counter()
-        last: UpstreamFailure | None = None
-        for target in self._candidates(route, trace):
-            attempt_start = time.perf_counter()
-            try:
-                outcome, status = await self._complete_once(
-                    target, body, request_id, client_headers
-                )
-            except BaseException as exc:
-                self._abandon(trace, target, exc, attempt_start)
-                raise
-            if isinstance(outcome, _Success):
-                target.breaker.success()
-                self._record(
-                    trace, target, status=status, error=None, message=None, started=attempt_start
-                )
-                return self._result(trace, target, outcome, started)
-            last = outcome
-            self._settle_failure(target, outcome)
-            self._record(
-                trace,
-                target,
-                status=status,
-                error=outcome.code,
-                message=outcome.message,
-                started=attempt_start,
-            )
-            self._log_failure(request_id, target, outcome, status)
-            if not outcome.retryable:
-                break
-        raise self._final_error(last, trace, route)
+
+        async def once(target: _Target, started: float) -> _Outcome:
+            return await self._complete_once(target, body, request_id, client_headers)
+
+        return await self._forward(route, request_id, trace or ForwardTrace(), once)
 
     async def stream(
         self,
@@ -515,21 +499,37 @@ class Forwarder:
         the client fails; a cancellation propagates. Either way the upstream
         response is closed at once.
         """
-        trace = trace if trace is not None else ForwardTrace()
+        trace = trace or ForwardTrace()
+
+        async def once(target: _Target, started: float) -> _Outcome:
+            return await self._stream_once(
+                target,
+                body,
+                request_id=request_id,
+                client_headers=client_headers,
+                start_response=start_response,
+                trace=trace,
+                started=started,
+            )
+
+        return await self._forward(route, request_id, trace, once)
+
+    # -- internals ----------------------------------------------------------
+
+    async def _forward(
+        self,
+        route: Sequence[str],
+        request_id: str,
+        trace: ForwardTrace,
+        once: Callable[[_Target, float], Awaitable[_Outcome]],
+    ) -> ForwardResult:
+        """Try the route's endpoints in order until one answers or refuses."""
         started = time.perf_counter()
         last: UpstreamFailure | None = None
         for target in self._candidates(route, trace):
             attempt_start = time.perf_counter()
             try:
-                outcome, status = await self._stream_once(
-                    target,
-                    body,
-                    request_id=request_id,
-                    client_headers=client_headers,
-                    start_response=start_response,
-                    trace=trace,
-                    started=started,
-                )
+                outcome, status = await once(target, started)
             except _ClientGone as gone:
                 # The upstream was serving fine; the client left.
                 target.breaker.success()
@@ -545,46 +545,28 @@ class Forwarder:
             except BaseException as exc:
                 self._abandon(trace, target, exc, attempt_start)
                 raise
-            if isinstance(outcome, _Success):
-                if outcome.stream_error is None:
-                    target.breaker.success()
-                    self._record(
-                        trace,
-                        target,
-                        status=status,
-                        error=None,
-                        message=None,
-                        started=attempt_start,
-                    )
-                else:
-                    failure = outcome.stream_error
-                    target.breaker.failure()
-                    self._record(
-                        trace,
-                        target,
-                        status=status,
-                        error=failure.code,
-                        message=failure.message,
-                        started=attempt_start,
-                    )
-                    self._log_failure(request_id, target, failure, status)
-                return self._result(trace, target, outcome, started)
-            last = outcome
-            self._settle_failure(target, outcome)
+            failure = outcome.stream_error if isinstance(outcome, _Success) else outcome
+            if failure is not None and failure.retryable:
+                target.breaker.failure()
+            else:
+                # Answered, or refused the request itself: the endpoint is fine.
+                target.breaker.success()
             self._record(
                 trace,
                 target,
                 status=status,
-                error=outcome.code,
-                message=outcome.message,
+                error=failure.code if failure else None,
+                message=failure.message if failure else None,
                 started=attempt_start,
             )
-            self._log_failure(request_id, target, outcome, status)
+            if failure is not None:
+                self._log_failure(request_id, target, failure, status)
+            if isinstance(outcome, _Success):
+                return self._result(trace, target, outcome, started)
+            last = outcome
             if not outcome.retryable:
                 break
         raise self._final_error(last, trace, route)
-
-    # -- internals ----------------------------------------------------------
 
     def _candidates(self, route: Sequence[str], trace: ForwardTrace) -> Iterator[_Target]:
         if not self._started:
@@ -618,13 +600,6 @@ class Forwarder:
         code = "cancelled" if isinstance(exc, asyncio.CancelledError) else "aborted"
         status = 200 if trace.endpoint == target.endpoint.name else None
         self._record(trace, target, status=status, error=code, message=None, started=attempt_start)
-
-    def _settle_failure(self, target: _Target, failure: UpstreamFailure) -> None:
-        if failure.retryable:
-            target.breaker.failure()
-        else:
-            # The endpoint answered; the request itself was refused.
-            target.breaker.success()
 
     @staticmethod
     def _record(
@@ -766,7 +741,7 @@ class Forwarder:
         body: Mapping[str, Any],
         request_id: str,
         client_headers: Mapping[str, str] | None,
-    ) -> tuple[_Success | UpstreamFailure, int | None]:
+    ) -> _Outcome:
         timeouts = target.endpoint.timeouts
         status: int | None = None
         try:
@@ -803,7 +778,7 @@ class Forwarder:
         start_response: Callable[[str], Awaitable[web.StreamResponse]],
         trace: ForwardTrace,
         started: float,
-    ) -> tuple[_Success | UpstreamFailure, int | None]:
+    ) -> _Outcome:
         timeouts = target.endpoint.timeouts
         translator = target.adapter.stream_translator(body)
         model = target.adapter.upstream_model(body)
