@@ -13,7 +13,9 @@ export KAMIWAZA_OPA_BIN ?= $(CURDIR)/$(OPA)
 POLICY    ?= policies/routing.yaml
 ENDPOINTS ?= policies/endpoints.yaml
 BUILD     := build/policy
-OPA_ADDR  ?= 127.0.0.1:8181
+KEYS      ?= keys.json
+AUDIT_DIR ?= audit
+PORT      ?= 8080
 
 .PHONY: setup opa run test compile lint clean
 
@@ -32,11 +34,13 @@ opa:
 compile: setup
 	@$(BIN)/kamiwaza policy compile $(POLICY) --endpoints $(ENDPOINTS) -o $(BUILD)
 
-# Until the gateway service lands, `run` serves the compiled example policy from
-# OPA on loopback: query POST http://$(OPA_ADDR)/v1/data/kamiwaza/route/decision
-run: compile
-	@echo "OPA serving the example policy on http://$(OPA_ADDR) (Ctrl-C to stop)"
-	@exec $(OPA) run --server --addr $(OPA_ADDR) --log-level error $(BUILD) rego
+# The gateway on the example policy, with its OPA sidecar, on 127.0.0.1:$(PORT).
+# The first run creates a demo API key (printed once) in $(KEYS). Endpoints
+# whose credentials are not in the environment are allowed here, and fail over.
+run: setup
+	@test -f $(KEYS) || $(BIN)/kamiwaza keys create --keys-file $(KEYS) --tenant demo --user demo --roles analyst
+	@exec $(BIN)/kamiwaza serve --policy $(POLICY) --endpoints $(ENDPOINTS) --keys $(KEYS) \
+		--audit-dir $(AUDIT_DIR) --port $(PORT) --allow-unconfigured-endpoints
 
 test: setup
 	@./scripts/test.sh

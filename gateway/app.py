@@ -120,13 +120,11 @@ def create_app(
     for endpoint in registry.endpoints.values():
         try:
             adapters[endpoint.name] = adapter_for(endpoint, environ=environ)
-        except ProviderNotImplementedError as err:
-            # A code limitation, not configuration: routes to it fail over.
-            log.warning("%s; requests routed there fail over", err)
+        except ProviderNotImplementedError:
+            continue  # a code limitation, not configuration: the Forwarder logs it
         except ProviderConfigError as err:
             if not settings.allow_unconfigured_endpoints:
                 raise StartupError(f"endpoint registry: {err}") from err
-            log.warning("%s; requests routed there fail over", err)
     forwarder = Forwarder.from_registry(
         registry,
         adapters=adapters,
