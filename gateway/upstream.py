@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import (
     AsyncIterator,
@@ -887,7 +888,10 @@ def _transport_failure(err: Exception, first_cm: asyncio.Timeout | None) -> Upst
             504, TOTAL_TIMEOUT, "the upstream did not finish answering in time", True, timeout=True
         )
     if isinstance(err, aiohttp.ClientConnectorError):
-        reason = err.os_error.strerror or type(err.os_error).__name__
+        # Only the errno's text: the OS message names the upstream's address,
+        # which is the operator's business, not the client's.
+        errno = err.os_error.errno
+        reason = os.strerror(errno) if errno else type(err.os_error).__name__
         return UpstreamFailure(
             502, CONNECT_ERROR, f"cannot connect to the upstream: {reason}", True
         )

@@ -74,8 +74,11 @@ class FakeUpstream:
         token: str | None = "test-upstream-token",
         model: str = "fake-model",
         host: str = "127.0.0.1",
+        record: bool = True,
     ) -> None:
+        """`record=False` keeps no requests (for benchmarks: memory stays flat)."""
         self.token = token
+        self.record = record
         self.model = model
         self.host = host
         self.port = 0
@@ -166,16 +169,17 @@ class FakeUpstream:
             payload = json.loads(raw)
         except ValueError:
             payload = None
-        self.requests.append(
-            RecordedRequest(
-                request.method,
-                request.path,
-                request.query_string,
-                CIMultiDict(request.headers),
-                raw,
-                payload,
+        if self.record:
+            self.requests.append(
+                RecordedRequest(
+                    request.method,
+                    request.path,
+                    request.query_string,
+                    CIMultiDict(request.headers),
+                    raw,
+                    payload,
+                )
             )
-        )
         behavior = self.queue.popleft() if self.queue else self.behavior
         if self.token is not None and request.headers.get("Authorization") != (
             f"Bearer {self.token}"
