@@ -101,7 +101,7 @@ async def start_gateway(
     for name in ENDPOINT_NAMES:
         upstreams[name] = await fake_upstream(token=token_of(name), model=f"model-of-{name}")
     workdir = tmp_path / "gw"
-    workdir.mkdir()
+    workdir.mkdir(parents=True)
     if policy is None:
         shutil.copy(ROOT / "policies" / "routing.yaml", workdir / "routing.yaml")
     else:

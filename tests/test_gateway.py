@@ -412,3 +412,35 @@ async def test_models_health_and_readiness(gw: Gateway) -> None:
 
 def test_example_policy_file_is_what_the_harness_uses() -> None:
     assert (ROOT / "policies" / "routing.yaml").exists()
+
+
+async def test_opa_timeout_and_missing_result_fail_closed(
+    tmp_path: Path, fake_upstream: Any, opa_server: Any, aiohttp_server: Any
+) -> None:
+    async def hang(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        await asyncio.sleep(30)
+        return aiohttp.web.json_response({})
+
+    slow = aiohttp.web.Application()
+    slow.router.add_post("/{tail:.*}", hang)
+    slow_server = await aiohttp_server(slow)
+    gw = await start_gateway(
+        tmp_path / "slow",
+        fake_upstream,
+        opa_url=str(slow_server.make_url("")).rstrip("/"),
+        settings_overrides={"opa_timeout_ms": 100},
+    )
+    empty_opa = opa_server([])  # no policy loaded: OPA answers without a result
+    gw_empty = await start_gateway(tmp_path / "empty", fake_upstream, opa_url=empty_opa.url)
+    try:
+        for gateway, code in ((gw, "policy_timeout"), (gw_empty, "policy_no_result")):
+            with pytest.raises(openai.InternalServerError) as info:
+                await routed(gateway, "acme")
+            assert info.value.status_code == 503
+            assert info.value.body["code"] == code
+            assert sum(gateway.upstream_requests().values()) == 0
+            (record,) = await gateway.audit_records()
+            assert (record["status"], record["error"]["code"]) == (503, code)
+    finally:
+        await gw.close()
+        await gw_empty.close()

@@ -1,0 +1,56 @@
+"""The OPA sidecar: loopback only, health-checked, restarted when it dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.sidecar import OpaSidecar
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.integration
+
+
+async def _decision(url: str) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/v1/data/kamiwaza/route/decision", json={"input": {}}) as resp,
+    ):
+        return resp.status
+
+
+async def test_sidecar_restarts_after_a_crash(tmp_path: Path, opa_bin: str) -> None:
+    sidecar = OpaSidecar(opa_bin, [str(ROOT / "rego")], tmp_path / "opa.log")
+    await sidecar.start()
+    try:
+        assert await _decision(sidecar.url) == 200
+        proc = sidecar._proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await _decision(sidecar.url)
+        async with asyncio.timeout(30):
+            while sidecar.restarts == 0 or not await sidecar.wait_healthy(1):
+                await asyncio.sleep(0.05)  # poll for the supervisor's restart
+        assert sidecar._proc is not proc
+        assert await _decision(sidecar.url) == 200
+    finally:
+        await sidecar.stop()
+    assert sidecar._proc is not None and sidecar._proc.returncode is not None
+
+
+async def test_sidecar_that_cannot_start_names_the_problem(tmp_path: Path, opa_bin: str) -> None:
+    (tmp_path / "bad.rego").write_text("package broken\n\nthis is not rego\n")
+    sidecar = OpaSidecar(
+        opa_bin, [str(tmp_path / "bad.rego")], tmp_path / "opa.log", startup_timeout=10
+    )
+    with pytest.raises(RuntimeError) as info:
+        await sidecar.start()
+    assert "OPA sidecar did not become healthy" in str(info.value)
+    assert "bad.rego" in str(info.value)  # the log tail says which file is broken
