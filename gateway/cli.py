@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import click
 
 from gateway.keys_cli import keys
+from observability.audit_cli import audit
 from translator.cli import policy
 
 
@@ -18,6 +20,7 @@ def main() -> None:
 
 main.add_command(policy)
 main.add_command(keys)
+main.add_command(audit)
 
 
 @main.command("serve")
@@ -67,4 +70,60 @@ def serve(config_file: str | None, **flags: object) -> None:
         access_log=None,
         handler_cancellation=True,
         print=None,
+        loop=_event_loop(),
     )
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (Linux, macOS): a faster loop for the hot path."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+@main.command("stats")
+@click.argument("source", required=False, envvar="KAMIWAZA_AUDIT_DIR", default="audit")
+@click.option("--since", default="24h", show_default=True, help="Start: 2h, 7d or a time.")
+@click.option("--until", default=None, help="End (exclusive): a duration ago or a time; now.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+)
+def stats(source: str, since: str, until: str | None, fmt: str) -> None:
+    """Latency, errors, cost, tokens and routing from the audit records in SOURCE.
+
+    SOURCE is the audit directory (default: $KAMIWAZA_AUDIT_DIR, else ./audit)
+    or one file; times are RFC 3339 (UTC when no offset) or durations before
+    now (90s, 15m, 2h, 7d).
+    """
+    from datetime import UTC, datetime
+
+    from observability.stats import (
+        ReadReport,
+        StatsError,
+        compute,
+        parse_time,
+        read_records,
+        render_json,
+        render_table,
+    )
+
+    now = datetime.now(UTC)
+    try:
+        start = parse_time(since, now)
+        end = parse_time(until, now) if until else now
+        if start >= end:
+            raise click.UsageError(f"--since ({since}) must be before --until ({until or 'now'})")
+        report = ReadReport()
+        summary = compute(read_records(source, start, end, report), start, end)
+    except StatsError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    if report.bad_lines:
+        click.echo(f"warning: skipped {report.bad_lines} unreadable line(s)", err=True)
+    click.echo(render_json(summary) if fmt == "json" else render_table(summary), nl=False)

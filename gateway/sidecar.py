@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,13 +37,18 @@ class OpaSidecar:
         *,
         port: int | None = None,
         startup_timeout: float = 30.0,
+        config_file: Path | None = None,
     ) -> None:
         self.opa_bin = opa_bin
         self.paths = list(paths)
         self.log_path = log_path
         self.port = port or free_loopback_port()
         self.startup_timeout = startup_timeout
-        self._proc: asyncio.subprocess.Process | None = None
+        # OPA config (e.g. the decision_logs service that ships to the audit pipeline).
+        self.config_file = config_file
+        # A plain Popen: spawning happens once at startup, and asyncio's subprocess
+        # transport hangs under uvloop when stdout goes to a file.
+        self._proc: subprocess.Popen[bytes] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
         self.restarts = 0
@@ -63,21 +69,22 @@ class OpaSidecar:
             # Every decision is logged with its decision_id (joined with audit records).
             "--set",
             "decision_logs.console=true",
+            *(["--config-file", str(self.config_file)] if self.config_file else []),
             *self.paths,
         ]
 
     async def _spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self._args(), stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL
+            self._proc = subprocess.Popen(
+                self._args(), stdout=out, stderr=out, stdin=subprocess.DEVNULL
             )
 
     async def wait_healthy(self, timeout: float) -> bool:
         deadline = asyncio.get_running_loop().time() + timeout
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
             while asyncio.get_running_loop().time() < deadline:
-                if self._proc is None or self._proc.returncode is not None:
+                if self._proc is None or self._proc.poll() is not None:
                     return False
                 with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                     async with session.get(f"{self.url}/health") as resp:
@@ -99,7 +106,7 @@ class OpaSidecar:
         backoff = 0.5
         while not self._stopping:
             assert self._proc is not None
-            code = await self._proc.wait()
+            code = await asyncio.to_thread(self._proc.wait)
             if self._stopping:
                 return
             self.restarts += 1
@@ -120,14 +127,14 @@ class OpaSidecar:
 
     async def _terminate(self) -> None:
         proc = self._proc
-        if proc is None or proc.returncode is not None:
+        if proc is None or proc.poll() is not None:
             return
         proc.terminate()
         try:
-            await asyncio.wait_for(proc.wait(), timeout=10)
-        except TimeoutError:
+            await asyncio.to_thread(proc.wait, 10)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            await proc.wait()
+            await asyncio.to_thread(proc.wait)
 
     async def stop(self) -> None:
         self._stopping = True
