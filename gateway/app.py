@@ -50,6 +50,7 @@ from gateway.upstream import (
 )
 from observability.audit import Attempt as AuditAttempt
 from observability.audit import AuditRecord, JsonlAuditLog, utc_now
+from observability.metrics import GatewayMetrics, MetricsConfigError, resolve_metrics_config
 from translator.opa import find_opa
 from translator.registry import Registry
 
@@ -67,6 +68,9 @@ RELOADS = web.AppKey("reloads", set)  # keeps SIGHUP reload tasks referenced
 # Observers run on the request path: they must not block or raise.
 RecordObserver = Callable[[AuditRecord], None]
 OBSERVERS = web.AppKey("observers", list)
+# OpenTelemetry metrics; always present (disabled: observe() does nothing), so
+# that e.g. the audit spool can register its gauges (observability/metrics.py).
+METRICS = web.AppKey("metrics", GatewayMetrics)
 
 CHAT_PATHS = frozenset({"/v1/route", "/v1/chat/completions"})
 # Status recorded when the client goes away before the answer is complete.
@@ -145,6 +149,10 @@ def create_app(
     app[COMPILED] = compiled
     app[AUDIT] = JsonlAuditLog(settings.audit_dir)
     app[OBSERVERS] = [app[AUDIT].write]
+    app[METRICS] = _metrics(settings, environ)
+    app[METRICS].watch_breakers(forwarder)
+    app[OBSERVERS].append(app[METRICS].observe)
+    app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.extend([_audit_ctx, _policy_ctx, _forwarder_ctx, _auth_ctx])
     app.router.add_post("/v1/route", chat_completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -152,6 +160,28 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def _metrics(settings: Settings, environ: Mapping[str, str] | None) -> GatewayMetrics:
+    try:
+        config = resolve_metrics_config(
+            enabled=settings.metrics,
+            endpoint=settings.otlp_endpoint,
+            headers=settings.otlp_headers,
+            interval_s=settings.metrics_interval_s,
+            environ=environ,
+        )
+    except MetricsConfigError as err:
+        raise StartupError(f"metrics: {err}") from err
+    if config is not None:
+        log.info("metrics: OTLP/HTTP to %s every %gs", config.endpoint, config.interval_s)
+    return GatewayMetrics.from_config(config)
+
+
+async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+    # The last export does network I/O: not on the event loop.
+    await asyncio.to_thread(app[METRICS].shutdown)
 
 
 async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:

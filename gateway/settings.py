@@ -53,6 +53,12 @@ class Settings:
     # Start even when an endpoint's credential is missing (routes to it fail
     # over); off by default so that a typo in a variable name stops startup.
     allow_unconfigured_endpoints: bool = False
+    # Metrics over OTLP/HTTP; the standard OTEL_* variables apply too (README,
+    # "Metrics and dashboards"). None: on when an OTLP endpoint is configured.
+    metrics: bool | None = None
+    otlp_endpoint: str | None = None  # base URL, e.g. http://otel-collector:4318
+    otlp_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    metrics_interval_s: float | None = None  # None: OTEL_METRIC_EXPORT_INTERVAL, else 60
 
     def data_class_rank(self, name: str) -> int:
         return self.data_classes.index(name)
@@ -79,6 +85,13 @@ def _float(value: Any, where: str) -> float:
         raise SettingsError(f"{where}: expected a number, got {value!r}") from None
     if number < 0:
         raise SettingsError(f"{where}: must not be negative, got {number:g}")
+    return number
+
+
+def _positive(value: Any, where: str) -> float:
+    number = _float(value, where)
+    if number == 0:
+        raise SettingsError(f"{where}: must be positive, got 0")
     return number
 
 
@@ -168,6 +181,10 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "jwt": _jwt,
     "log_level": _str,
     "allow_unconfigured_endpoints": _bool,
+    "metrics": lambda v, w: None if v in (None, "") else _bool(v, w),
+    "otlp_endpoint": _opt_str,
+    "otlp_headers": _str_map,
+    "metrics_interval_s": lambda v, w: None if v in (None, "") else _positive(v, w),
 }
 
 
