@@ -17,9 +17,9 @@ KEYS      ?= keys.json
 AUDIT_DIR ?= audit
 PORT      ?= 8080
 
-.PHONY: setup opa run test compile lint clean
+.PHONY: setup opa prometheus run test compile lint clean
 
-setup: $(STAMP) opa
+setup: $(STAMP) opa prometheus
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ $(STAMP): pyproject.toml
 # The script is a no-op when the pinned OPA is already installed.
 opa:
 	@./scripts/install-opa.sh >/dev/null
+
+# Prometheus (OTLP receiver) for the metrics integration test; no-op once built.
+prometheus:
+	@./scripts/install-prometheus.sh >/dev/null
 
 compile: setup
 	@$(BIN)/kamiwaza policy compile $(POLICY) --endpoints $(ENDPOINTS) -o $(BUILD)
