@@ -31,7 +31,9 @@ durations are in seconds:
 - kamiwaza_audit_spool_depth (gauge): sink. Records spooled, not yet shipped.
 - kamiwaza_audit_shipping_lag_seconds (gauge): sink. Age of the oldest
   unshipped record.
-- kamiwaza_audit_shipped_total, kamiwaza_audit_ship_failures_total: sink.
+- kamiwaza_audit_shipped_total, kamiwaza_audit_ship_failures_total,
+  kamiwaza_audit_dropped_total: sink. Records shipped, failed uploads, records
+  dropped (spool full in drop mode).
 
 Every attribute set is bounded: tenants, endpoints, models and rules come from
 configuration (the keys file, the registry, the policy), statuses and error
@@ -48,6 +50,9 @@ registers a snapshot callback; the exporter thread calls it at each export::
         "s3", lambda: AuditPipelineSnapshot(depth=spool.depth, lag_s=spool.lag_s,
                                             shipped=spool.shipped, ship_failures=spool.failures)
     )
+    # or, from a stats() dict with those keys (depth, lag_s, shipped,
+    # ship_failures, dropped):
+    #   lambda: AuditPipelineSnapshot.from_stats(pipeline.stats())
     ...
     unregister()   # at shutdown
 
@@ -55,8 +60,8 @@ The callback runs in the exporter's thread, not the event loop: it must be
 cheap, must not block, and should only read plain numbers the spool keeps up to
 date (no asyncio objects, no I/O). A callback that raises is logged and skipped.
 Registering works before or after the metrics start, and whether or not metrics
-are enabled. `shipped` and `ship_failures` are cumulative counts since the
-process started (None: not reported).
+are enabled. `shipped`, `ship_failures` and `dropped` are cumulative counts
+since the process started (None: not reported).
 """
 
 from __future__ import annotations
@@ -240,6 +245,19 @@ class AuditPipelineSnapshot:
     lag_s: float = 0.0  # age of the oldest unshipped record; 0 when the spool is empty
     shipped: int | None = None  # records shipped since start
     ship_failures: int | None = None  # failed upload attempts since start
+    dropped: int | None = None  # records dropped since start (spool full, drop mode)
+
+    @classmethod
+    def from_stats(cls, stats: Mapping[str, Any]) -> AuditPipelineSnapshot:
+        """From a dict with the keys depth, lag_s and optionally shipped,
+        ship_failures and dropped (other keys are ignored)."""
+        return cls(
+            depth=int(stats["depth"]),
+            lag_s=float(stats.get("lag_s") or 0.0),
+            shipped=stats.get("shipped"),
+            ship_failures=stats.get("ship_failures"),
+            dropped=stats.get("dropped"),
+        )
 
 
 class _Breaker(Protocol):
@@ -434,6 +452,12 @@ class GatewayMetrics:
             callbacks=[self._pipeline_callback(lambda s: s.ship_failures)],
             unit="{failure}",
             description="Failed audit upload attempts",
+        )
+        meter.create_observable_counter(
+            "kamiwaza.audit.dropped",
+            callbacks=[self._pipeline_callback(lambda s: s.dropped)],
+            unit="{record}",
+            description="Audit records dropped (spool full, drop mode)",
         )
 
     @classmethod

@@ -222,8 +222,16 @@ def test_breaker_and_audit_pipeline_gauges(
     assert got["kamiwaza.audit.shipping.lag"] == [({"sink": "s3"}, 2.5)]
     assert got["kamiwaza.audit.shipped"] == [({"sink": "s3"}, 9)]
     assert "kamiwaza.audit.ship_failures" not in got  # not reported
+    assert "kamiwaza.audit.dropped" not in got
     unregister()
     assert "kamiwaza.audit.spool.depth" not in collect(reader)
+
+
+def test_snapshot_from_a_stats_dict() -> None:
+    stats = {"sink": "s3", "depth": 3, "lag_s": 1.25, "shipped": 8, "ship_failures": 1,
+             "dropped": 2, "last_error": None}  # fmt: skip
+    assert AuditPipelineSnapshot.from_stats(stats) == AuditPipelineSnapshot(3, 1.25, 8, 1, 2)
+    assert AuditPipelineSnapshot.from_stats({"depth": 0}) == AuditPipelineSnapshot(0)
 
 
 def test_the_observer_is_cheap(metrics: GatewayMetrics) -> None:

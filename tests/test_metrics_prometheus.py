@@ -67,10 +67,10 @@ class FakeSpool:
     """Stands in for the audit spool (issue 5) through the documented interface."""
 
     def __init__(self) -> None:
-        self.snapshot = AuditPipelineSnapshot(depth=0, lag_s=0.0, shipped=0, ship_failures=0)
+        self.snapshot = AuditPipelineSnapshot(depth=0, shipped=0, ship_failures=0, dropped=0)
 
-    def advance(self, depth: int, lag_s: float, shipped: int, failures: int) -> None:
-        self.snapshot = AuditPipelineSnapshot(depth, lag_s, shipped, failures)
+    def advance(self, depth: int, lag_s: float, shipped: int, failures: int, dropped: int) -> None:
+        self.snapshot = AuditPipelineSnapshot(depth, lag_s, shipped, failures, dropped)
 
     def __call__(self) -> AuditPipelineSnapshot:
         return self.snapshot
@@ -167,10 +167,10 @@ async def test_metrics_arrive_in_prometheus_with_exact_values(
         unregister = gw.app[METRICS].register_audit_pipeline("test-sink", spool)
         async with aiohttp.ClientSession() as session:
             await _send(gw, session)
-            spool.advance(depth=5, lag_s=1.5, shipped=10, failures=1)
+            spool.advance(depth=5, lag_s=1.5, shipped=10, failures=1, dropped=0)
             await _flush(gw)
             await _send(gw, session)
-            spool.advance(depth=2, lag_s=0.25, shipped=40, failures=3)
+            spool.advance(depth=2, lag_s=0.25, shipped=40, failures=3, dropped=4)
             await _flush(gw)
         unregister()
     finally:
@@ -340,6 +340,7 @@ def _check_gauges(prom: PrometheusServer) -> None:
     assert prom.values("kamiwaza_audit_shipping_lag_seconds", "sink") == {("test-sink",): 0.25}
     assert prom.values("kamiwaza_audit_shipped_total", "sink") == {("test-sink",): 40}
     assert prom.values("kamiwaza_audit_ship_failures_total", "sink") == {("test-sink",): 3}
+    assert prom.values("kamiwaza_audit_dropped_total", "sink") == {("test-sink",): 4}
 
 
 # The labels of each metric, besides Prometheus' job and instance (from the
@@ -362,6 +363,7 @@ LABELS = {
     "kamiwaza_audit_shipping_lag_seconds": {"sink"},
     "kamiwaza_audit_shipped_total": {"sink"},
     "kamiwaza_audit_ship_failures_total": {"sink"},
+    "kamiwaza_audit_dropped_total": {"sink"},
 }  # fmt: skip
 
 
