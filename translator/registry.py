@@ -43,7 +43,7 @@ TYPE_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "openai-compatible": ("flavor",),
         "openai": ("organization", "project"),
         "anthropic": ("anthropic_version", "max_tokens_default"),
-        "bedrock": ("region", "vpc_endpoint_url", "assume_role_arn"),
+        "bedrock": ("region", "vpc_endpoint_url", "assume_role_arn", "sts_endpoint_url"),
         "vertex": ("project", "location", "publisher"),
         "azure-openai": ("deployment", "api_version"),
     }
@@ -77,6 +77,8 @@ AUTH_FIELDS = (
     "entra_tenant_id",
     "entra_client_id",
     "entra_client_secret_env",
+    "entra_client_secret_file",
+    "entra_authority",
 )
 PRICING_FIELDS = ("input_per_1k", "output_per_1k")
 TIMEOUT_FIELDS = ("connect_ms", "first_token_ms", "total_ms")

@@ -20,6 +20,9 @@ from gateway.providers.base import (
     register_adapter,
 )
 
+register_adapter("bedrock", "gateway.providers.bedrock.adapter:BedrockAdapter")
+register_adapter("azure-openai", "gateway.providers.azure_openai.adapter:AzureOpenAIAdapter")
+
 __all__ = [
     "CredentialStore",
     "ProviderAdapter",

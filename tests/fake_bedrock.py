@@ -1,0 +1,492 @@
+"""A fake AWS Bedrock runtime and a fake STS, real aiohttp servers on loopback.
+
+The Bedrock server speaks the Converse / ConverseStream wire protocol: it
+recomputes every request's SigV4 signature with botocore (`SigV4Auth` over the
+request as received, with the secret of the access key it names) and answers
+403 `InvalidSignatureException` when it differs; it validates the request body
+against botocore's own service model for bedrock-runtime
+(`botocore.validate.ParamValidator` on the Converse input shape); it answers
+Converse JSON, or ConverseStream events in real AWS event-stream framing
+(prelude, headers, CRC32s) and AWS's error shapes (`x-amzn-ErrorType` and a
+JSON `message`; exception messages mid-stream).
+
+The STS server answers `AssumeRole` (query protocol, XML), also checking the
+caller's SigV4 signature, and registers the session credentials it issues with
+the Bedrock server, which then accepts them with their session token only.
+
+    sts = await FakeSts(bedrock).start()
+    bedrock.queue.append(Reply(text="Hi"))       # the next request
+    bedrock.queue.append(Reply(error=("ThrottlingException", 429, "Too many requests")))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import json
+import re
+import struct
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+import botocore.session
+from aiohttp import web
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
+from botocore.validate import ParamValidator
+
+_SERVICE_MODEL = botocore.session.get_session().get_service_model("bedrock-runtime")
+CONVERSE_INPUT = _SERVICE_MODEL.operation_model("Converse").input_shape
+CONVERSE_STREAM_INPUT = _SERVICE_MODEL.operation_model("ConverseStream").input_shape
+
+_AUTH_RE = re.compile(
+    r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
+    r"(?P<service>[^/]+)/aws4_request, SignedHeaders=(?P<signed>[a-z0-9;-]+), "
+    r"Signature=(?P<signature>[0-9a-f]{64})$"
+)
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+# ---------------------------------------------------------------------------
+# AWS event-stream encoding (the gateway only decodes; this is the server side).
+
+
+def _header(name: str, value: str) -> bytes:
+    raw_name = name.encode()
+    raw_value = value.encode()
+    return (
+        bytes([len(raw_name)]) + raw_name + b"\x07" + struct.pack(">H", len(raw_value)) + raw_value
+    )
+
+
+def encode_message(headers: dict[str, str], payload: bytes) -> bytes:
+    """One event-stream message with string headers."""
+    raw_headers = b"".join(_header(k, v) for k, v in headers.items())
+    total = 12 + len(raw_headers) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(raw_headers))
+    prelude += struct.pack(">I", zlib.crc32(prelude) & 0xFFFFFFFF)
+    message = prelude + raw_headers + payload
+    return message + struct.pack(">I", zlib.crc32(message) & 0xFFFFFFFF)
+
+
+def event(event_type: str, payload: dict[str, Any]) -> bytes:
+    # Bedrock pads event payloads with a `p` field (against length side channels).
+    body = {
+        **payload,
+        "p": "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0"[: 1 + len(event_type)],
+    }
+    return encode_message(
+        {":event-type": event_type, ":content-type": "application/json", ":message-type": "event"},
+        json.dumps(body).encode(),
+    )
+
+
+def exception(exception_type: str, message: str) -> bytes:
+    return encode_message(
+        {
+            ":exception-type": exception_type,
+            ":content-type": "application/json",
+            ":message-type": "exception",
+        },
+        json.dumps({"message": message}).encode(),
+    )
+
+
+# ---------------------------------------------------------------------------
+# SigV4 verification.
+
+
+def verify_sigv4(
+    request: web.Request,
+    body: bytes,
+    *,
+    service: str,
+    region: str,
+    secrets: dict[str, tuple[str, str | None]],
+) -> tuple[str, str] | None:
+    """None when the signature is right, else (AWS error type, message)."""
+    auth = request.headers.get("Authorization", "")
+    match = _AUTH_RE.match(auth)
+    if match is None:
+        return "MissingAuthenticationTokenException", "Missing Authentication Token"
+    key = match["key"]
+    if key not in secrets:
+        return (
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+        )
+    secret, token = secrets[key]
+    if match["region"] != region or match["service"] != service:
+        return "InvalidSignatureException", "Credential should be scoped to a valid region."
+    amz_date = request.headers.get("X-Amz-Date", "")
+    try:
+        when = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return "IncompleteSignatureException", "X-Amz-Date is missing or malformed"
+    if abs(datetime.now(UTC) - when) > MAX_CLOCK_SKEW or amz_date[:8] != match["date"]:
+        return "InvalidSignatureException", "Signature expired"
+    signed = match["signed"].split(";")
+    if token is not None and (
+        "x-amz-security-token" not in signed or request.headers.get("X-Amz-Security-Token") != token
+    ):
+        return (
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+        )
+    headers = {}
+    for name in signed:
+        if name == "host":
+            continue
+        if name not in request.headers:
+            return "InvalidSignatureException", f"signed header {name} is missing"
+        headers[name] = request.headers[name]
+    url = f"http://{request.host}{request.raw_path}"
+    aws_request = AWSRequest(method=request.method, url=url, data=body, headers=headers)
+    aws_request.context["timestamp"] = amz_date
+    signer = SigV4Auth(ReadOnlyCredentials(key, secret, token), service, region)
+    if signer.signed_headers(signer.headers_to_sign(aws_request)) != match["signed"]:
+        return "InvalidSignatureException", "SignedHeaders do not match the request"
+    canonical = signer.canonical_request(aws_request)
+    expected = signer.signature(signer.string_to_sign(aws_request, canonical), aws_request)
+    if not hmac.compare_digest(expected, match["signature"]):
+        return (
+            "InvalidSignatureException",
+            "The request signature we calculated does not match the signature you provided. "
+            "Check your AWS Secret Access Key and signing method.",
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The Bedrock runtime.
+
+
+@dataclass
+class Reply:
+    """How the fake answers one request (the defaults answer "Hello from Bedrock")."""
+
+    text: str | None = "Hello from Bedrock."
+    tool_calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    stop_reason: str | None = None  # default: tool_use with tool calls, else end_turn
+    usage: dict[str, int] | None = None  # default: words in, pieces out
+    error: tuple[str, int, str] | None = None  # (exception type, HTTP status, message)
+    stream_exception: tuple[str, str] | None = None  # (exception type, message)
+    exception_after_events: int = 3  # events sent before the stream exception
+    gate_exception: bool = False  # wait for FakeBedrock.gate before sending the exception
+    split_bytes: int | None = None  # write the stream in pieces of this many bytes
+    cut_after_events: int | None = None  # close the stream (no messageStop) after N events
+    hang: bool = False
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    model_id: str
+    headers: dict[str, str]
+    json: Any
+
+
+class FakeBedrock:
+    def __init__(self, *, region: str = "us-east-1", host: str = "127.0.0.1") -> None:
+        self.region = region
+        self.host = host
+        self.port = 0
+        self.secrets: dict[str, tuple[str, str | None]] = {}
+        self.queue: deque[Reply] = deque()
+        self.requests: list[Received] = []
+        self.rejected: list[str] = []  # signature / validation failures
+        self._runner: web.AppRunner | None = None
+        self._hang = asyncio.Event()
+        self.gate = asyncio.Event()  # opened by a test (see Reply.gate_exception)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def allow(self, access_key: str, secret: str, token: str | None = None) -> None:
+        self.secrets[access_key] = (secret, token)
+
+    async def start(self) -> FakeBedrock:
+        app = web.Application()
+        app.router.add_post("/model/{model_id}/converse", self._converse)
+        app.router.add_post("/model/{model_id}/converse-stream", self._converse_stream)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, 0)
+        await site.start()
+        assert site._server is not None
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def close(self) -> None:
+        self._hang.set()
+        self.gate.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @staticmethod
+    def _error(kind: str, status: int, message: str) -> web.Response:
+        return web.json_response(
+            {"message": message},
+            status=status,
+            headers={
+                "x-amzn-ErrorType": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"
+            },
+        )
+
+    async def _check(
+        self, request: web.Request, *, stream: bool
+    ) -> web.Response | tuple[Any, Reply]:
+        body = await request.read()
+        # The model id is one path segment, percent-decoded as AWS does.
+        model_id = unquote(request.raw_path.split("/")[2])
+        problem = verify_sigv4(
+            request, body, service="bedrock", region=self.region, secrets=self.secrets
+        )
+        if problem is not None:
+            self.rejected.append(problem[0])
+            return self._error(problem[0], 403, problem[1])
+        payload = json.loads(body)
+        self.requests.append(Received(request.path, model_id, dict(request.headers), payload))
+        shape = CONVERSE_STREAM_INPUT if stream else CONVERSE_INPUT
+        report = ParamValidator().validate({"modelId": model_id, **payload}, shape)
+        if report.has_errors():
+            self.rejected.append("ValidationException")
+            return self._error("ValidationException", 400, report.generate_report())
+        reply = self.queue.popleft() if self.queue else Reply()
+        if reply.hang:
+            await self._hang.wait()
+        if reply.error is not None:
+            kind, status, message = reply.error
+            return self._error(kind, status, message)
+        return payload, reply
+
+    @staticmethod
+    def _usage(payload: Any, reply: Reply, pieces: int) -> dict[str, int]:
+        if reply.usage is not None:
+            usage = dict(reply.usage)
+        else:
+            words = sum(
+                len(str(b.get("text", "")).split())
+                for m in payload["messages"]
+                for b in m["content"]
+            )
+            usage = {"inputTokens": words, "outputTokens": pieces}
+        usage["totalTokens"] = sum(
+            usage.get(k, 0)
+            for k in (
+                "inputTokens",
+                "outputTokens",
+                "cacheReadInputTokens",
+                "cacheWriteInputTokens",
+            )
+        )
+        return usage
+
+    @staticmethod
+    def _pieces(reply: Reply) -> list[str]:
+        if not reply.text:
+            return []
+        words = reply.text.split(" ")
+        return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+    @staticmethod
+    def _stop(reply: Reply) -> str:
+        return reply.stop_reason or ("tool_use" if reply.tool_calls else "end_turn")
+
+    async def _converse(self, request: web.Request) -> web.Response:
+        checked = await self._check(request, stream=False)
+        if isinstance(checked, web.Response):
+            return checked
+        payload, reply = checked
+        content: list[dict[str, Any]] = []
+        if reply.text:
+            content.append({"text": reply.text})
+        for tool_id, name, arguments in reply.tool_calls:
+            content.append({"toolUse": {"toolUseId": tool_id, "name": name, "input": arguments}})
+        return web.json_response(
+            {
+                "output": {"message": {"role": "assistant", "content": content}},
+                "stopReason": self._stop(reply),
+                "usage": self._usage(payload, reply, len(self._pieces(reply))),
+                "metrics": {"latencyMs": 42},
+            },
+            headers={"x-amzn-RequestId": "4b1e1d1c-0000-4000-8000-000000000001"},
+        )
+
+    def _events(self, payload: Any, reply: Reply) -> list[bytes]:
+        events = [event("messageStart", {"role": "assistant"})]
+        index = 0
+        pieces = self._pieces(reply)
+        if pieces:
+            for piece in pieces:
+                events.append(
+                    event("contentBlockDelta", {"delta": {"text": piece}, "contentBlockIndex": 0})
+                )
+            events.append(event("contentBlockStop", {"contentBlockIndex": 0}))
+            index = 1
+        for tool_id, name, arguments in reply.tool_calls:
+            events.append(
+                event(
+                    "contentBlockStart",
+                    {
+                        "start": {"toolUse": {"toolUseId": tool_id, "name": name}},
+                        "contentBlockIndex": index,
+                    },
+                )
+            )
+            text = json.dumps(arguments)
+            half = len(text) // 2
+            for part in (text[:half], text[half:]):
+                events.append(
+                    event(
+                        "contentBlockDelta",
+                        {"delta": {"toolUse": {"input": part}}, "contentBlockIndex": index},
+                    )
+                )
+            events.append(event("contentBlockStop", {"contentBlockIndex": index}))
+            index += 1
+        events.append(event("messageStop", {"stopReason": self._stop(reply)}))
+        events.append(
+            event(
+                "metadata",
+                {"usage": self._usage(payload, reply, len(pieces)), "metrics": {"latencyMs": 42}},
+            )
+        )
+        return events
+
+    async def _converse_stream(self, request: web.Request) -> web.StreamResponse:
+        checked = await self._check(request, stream=True)
+        if isinstance(checked, web.Response):
+            return checked
+        payload, reply = checked
+        events = self._events(payload, reply)
+        if reply.stream_exception is not None:
+            events = [*events[: reply.exception_after_events], exception(*reply.stream_exception)]
+        if reply.cut_after_events is not None:
+            events = events[: reply.cut_after_events]
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/vnd.amazon.eventstream",
+                "x-amzn-RequestId": "4b1e1d1c-0000-4000-8000-000000000002",
+            }
+        )
+        await response.prepare(request)
+        if reply.stream_exception is not None and reply.gate_exception:
+            for message in events[:-1]:
+                await response.write(message)
+            await self.gate.wait()
+            events = events[-1:]
+        data = b"".join(events)
+        step = reply.split_bytes or 0
+        if step:
+            for start in range(0, len(data), step):
+                await response.write(data[start : start + step])
+        else:
+            for message in events:
+                await response.write(message)
+        await response.write_eof()
+        return response
+
+
+# ---------------------------------------------------------------------------
+# STS.
+
+
+class FakeSts:
+    """`AssumeRole` for the roles in `roles`, issuing credentials Bedrock accepts."""
+
+    def __init__(
+        self, bedrock: FakeBedrock, *, region: str = "us-east-1", lifetime_s: int = 3600
+    ) -> None:
+        self.bedrock = bedrock
+        self.region = region
+        self.lifetime_s = lifetime_s
+        self.secrets: dict[str, tuple[str, str | None]] = {}
+        self.roles: set[str] = set()
+        self.calls: list[dict[str, str]] = []
+        self.rejected: list[str] = []
+        self.port = 0
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> FakeSts:
+        app = web.Application()
+        app.router.add_post("/", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        assert site._server is not None
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @staticmethod
+    def _error(status: int, code: str, message: str) -> web.Response:
+        return web.Response(
+            status=status,
+            content_type="text/xml",
+            text=(
+                '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+                f"<Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>"
+                "<RequestId>00000000-0000-4000-8000-000000000000</RequestId></ErrorResponse>"
+            ),
+        )
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        problem = verify_sigv4(
+            request, body, service="sts", region=self.region, secrets=self.secrets
+        )
+        if problem is not None:
+            self.rejected.append(problem[0])
+            return self._error(403, problem[0].removesuffix("Exception"), problem[1])
+        form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+        self.calls.append(form)
+        if form.get("Action") != "AssumeRole":
+            return self._error(400, "InvalidAction", "unsupported action")
+        role = form.get("RoleArn", "")
+        if role not in self.roles:
+            return self._error(
+                403, "AccessDenied", f"not authorized to perform sts:AssumeRole on {role}"
+            )
+        n = next(self._ids)
+        key, secret, token = (
+            f"ASIAFAKE{n:012d}",
+            f"assumed-secret-{n}",
+            f"assumed-session-token-{n}",
+        )
+        self.bedrock.allow(key, secret, token)
+        expires = datetime.now(UTC) + timedelta(seconds=self.lifetime_s)
+        session = form.get("RoleSessionName", "")
+        assumed_arn = role.replace(":iam::", ":sts::").replace(":role/", ":assumed-role/")
+        return web.Response(
+            content_type="text/xml",
+            text=(
+                '<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+                "<AssumeRoleResult><Credentials>"
+                f"<AccessKeyId>{key}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey>"
+                f"<SessionToken>{token}</SessionToken>"
+                f"<Expiration>{expires.strftime('%Y-%m-%dT%H:%M:%SZ')}</Expiration>"
+                "</Credentials><AssumedRoleUser>"
+                f"<AssumedRoleId>AROAFAKE:{session}</AssumedRoleId>"
+                f"<Arn>{assumed_arn}/{session}</Arn>"
+                "</AssumedRoleUser></AssumeRoleResult>"
+                "<ResponseMetadata><RequestId>00000000-0000-4000-8000-000000000001</RequestId>"
+                "</ResponseMetadata></AssumeRoleResponse>"
+            ),
+        )
