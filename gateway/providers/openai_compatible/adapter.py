@@ -27,6 +27,8 @@ from gateway.providers.openai_compatible import translate
 from translator.registry import Endpoint
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+# Flavors whose servers put the Chat Completions API at /v1/chat/completions.
+SELF_HOSTED_FLAVORS = frozenset({"vllm", "tgi", "tensorrt-llm"})
 
 
 class OpenAICompatibleAdapter(ProviderAdapter):
@@ -59,6 +61,10 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         return None
 
     def url(self, body: Mapping[str, Any], *, stream: bool) -> str:
+        if self.flavor in SELF_HOSTED_FLAVORS and not self.base_url.endswith("/v1"):
+            # vLLM, TGI and TensorRT-LLM serve the API under /v1 of the server:
+            # a base_url that is the server's root (or a proxy prefix) gets it.
+            return self.base_url + "/v1" + self.chat_path
         return self.base_url + self.chat_path
 
     def auth_headers(self) -> dict[str, str]:
@@ -86,7 +92,9 @@ class OpenAICompatibleAdapter(ProviderAdapter):
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes
     ) -> UpstreamFailure:
-        return translate.classify_error(status, headers, body, redact=self.redact)
+        return translate.classify_server_error(
+            self.flavor, status, headers, body, redact=self.redact
+        )
 
     def stream_translator(self, body: Mapping[str, Any]) -> StreamTranslator:
         return translate.OpenAIStreamTranslator.for_body(body, self.redact)

@@ -11,6 +11,7 @@ the various servers' shapes are classified.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -107,7 +108,23 @@ def parse_completion(raw: bytes) -> tuple[dict[str, Any], Usage | None]:
         raise UpstreamFailureError(
             _bad_response("the upstream's answer is not a chat completion (no 'choices')")
         )
+    _stringify_tool_arguments(completion["choices"])
     return completion, parse_usage(completion.get("usage"))
+
+
+def _stringify_tool_arguments(choices: list[Any]) -> None:
+    """TGI answers tool calls with `arguments` as a JSON object; OpenAI (and every
+    SDK) has a JSON string there. Rewritten in place, only where needed."""
+    for choice in choices:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and not isinstance(function.get("arguments"), str):
+                arguments = function.get("arguments")
+                function["arguments"] = json.dumps(
+                    {} if arguments is None else arguments, separators=(",", ":")
+                )
 
 
 def _bad_response(message: str) -> UpstreamFailure:
@@ -153,6 +170,45 @@ def classify_error(
     return failure_for_status(
         status, message=message, code=code, retry_after=parse_retry_after(headers)
     )
+
+
+# Messages of the servers' "prompt too long" errors: OpenAI and vLLM ("maximum
+# context length is N tokens"), TGI ("`inputs` tokens + `max_new_tokens` must
+# be <= N"), TensorRT-LLM ("exceeds ... max_seq_len" / "max_num_tokens").
+_CONTEXT_TOO_LONG = re.compile(
+    r"maximum context length|context length|context window|must be <= \d+"
+    r"|max_seq_len|max_num_tokens|prompt is too long|too many (input )?tokens",
+    re.IGNORECASE,
+)
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+
+
+def classify_server_error(
+    flavor: str,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    redact: Callable[[str], str],
+) -> UpstreamFailure:
+    """classify_error, plus what differs between the self-hosted servers.
+
+    - A prompt longer than the model's context is `context_length_exceeded`
+      (400, no failover) whatever words the server uses; TGI reports input
+      validation errors as 422, which clients expect as 400.
+    - TGI answers 424 when generation itself failed: a server fault, so 502 and
+      fail over, not a 4xx passed through.
+    """
+    failure = classify_error(status, headers, body, redact=redact)
+    if flavor == "tgi" and status == 424:
+        return UpstreamFailure(
+            502, "upstream_generation_failed", failure.message, True, None, status
+        )
+    if status in (400, 413, 422) and _CONTEXT_TOO_LONG.search(failure.message):
+        return UpstreamFailure(400, CONTEXT_LENGTH_EXCEEDED, failure.message, False, None, status)
+    if flavor == "tgi" and status == 422:
+        return UpstreamFailure(400, failure.code, failure.message, False, None, status)
+    return failure
 
 
 def _error_object_failure(error: Any, status: int) -> UpstreamFailure:
