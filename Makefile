@@ -17,9 +17,9 @@ KEYS      ?= keys.json
 AUDIT_DIR ?= audit
 PORT      ?= 8080
 
-.PHONY: setup opa prometheus run test compile lint clean
+.PHONY: setup opa tools prometheus run test compile lint clean
 
-setup: $(STAMP) opa prometheus
+setup: $(STAMP) opa tools prometheus
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ $(STAMP): pyproject.toml
 # The script is a no-op when the pinned OPA is already installed.
 opa:
 	@./scripts/install-opa.sh >/dev/null
+
+# Test tools (fake-gcs-server, for the audit GCS sink tests); no-op once built.
+tools:
+	@./scripts/install-tools.sh >/dev/null
 
 # Prometheus (OTLP receiver) for the metrics integration test; no-op once built.
 prometheus:

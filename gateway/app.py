@@ -24,6 +24,7 @@ from aiohttp import web
 
 from gateway.auth import Authenticator, Identity, JwtVerifier, KeyStore
 from gateway.errors import (
+    AuditUnavailableError,
     BadRequestError,
     GatewayError,
     NotFoundError,
@@ -49,8 +50,14 @@ from gateway.upstream import (
     UpstreamFailedError,
 )
 from observability.audit import Attempt as AuditAttempt
-from observability.audit import AuditRecord, JsonlAuditLog, utc_now
-from observability.metrics import GatewayMetrics, MetricsConfigError, resolve_metrics_config
+from observability.audit import AuditRecord, utc_now
+from observability.metrics import (
+    AuditPipelineSnapshot,
+    GatewayMetrics,
+    MetricsConfigError,
+    resolve_metrics_config,
+)
+from observability.pipeline import AuditConfigError, AuditPipeline
 from translator.opa import find_opa
 from translator.registry import Registry
 
@@ -61,7 +68,7 @@ REGISTRY = web.AppKey("registry", Registry)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 POLICY = web.AppKey("policy", PolicyClient)
 FORWARDER = web.AppKey("forwarder", Forwarder)
-AUDIT = web.AppKey("audit", JsonlAuditLog)
+AUDIT = web.AppKey("audit", AuditPipeline)
 COMPILED = web.AppKey("compiled", dict)  # path -> text of the compiled policy files
 RELOADS = web.AppKey("reloads", set)  # keeps SIGHUP reload tasks referenced
 # Called with every finished model request's audit record (audit sink, metrics).
@@ -147,7 +154,10 @@ def create_app(
     app[AUTHENTICATOR] = authenticator
     app[FORWARDER] = forwarder
     app[COMPILED] = compiled
-    app[AUDIT] = JsonlAuditLog(settings.audit_dir)
+    try:
+        app[AUDIT] = AuditPipeline.from_settings(settings, environ=environ)
+    except AuditConfigError as err:
+        raise StartupError(f"audit: {err}") from err
     app[OBSERVERS] = [app[AUDIT].write]
     app[METRICS] = _metrics(settings, environ)
     app[METRICS].watch_breakers(forwarder)
@@ -185,9 +195,14 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
-    await app[AUDIT].start()
+    pipeline = app[AUDIT]
+    await pipeline.start()
+    unregister = app[METRICS].register_audit_pipeline(
+        pipeline.sink.name, lambda: AuditPipelineSnapshot.from_stats(pipeline.stats())
+    )
     yield
-    await app[AUDIT].close()
+    unregister()
+    await pipeline.close()
 
 
 async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -205,6 +220,7 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
             opa_bin,
             [runtime_dir, settings.rego_dir],
             Path(settings.audit_dir) / "opa.log",
+            config_file=app[AUDIT].write_opa_config(runtime_dir),
         )
         await sidecar.start()
         url = sidecar.url
@@ -421,12 +437,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     settings = app[SETTINGS]
     record: AuditRecord = request[_RECORD]
     request_id: str = request[_REQUEST_ID]
+    if not app[AUDIT].admits():
+        raise AuditUnavailableError(
+            "audit spool full: requests are refused until the audit sink catches up"
+        )
 
     identity = await app[AUTHENTICATOR].authenticate(request.headers)
     _fill_identity(record, identity)
     body = await _read_body(request)
     stream = bool(body.get("stream", False))
     record.stream = stream
+    record.prompt_hash = app[AUDIT].prompt_hash(body["messages"])
     record.requested_model = body.get("model")
     meta = resolve_metadata(identity, request.headers, body, settings)
     record.data_class = meta.data_class

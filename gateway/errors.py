@@ -89,6 +89,18 @@ class PolicyUnavailableError(GatewayError):
     code = "policy_unavailable"
 
 
+class AuditUnavailableError(GatewayError):
+    """The audit spool is at its bound (refuse mode): nothing is served unaudited (503)."""
+
+    status = 503
+    type = "server_error"
+    code = "audit_unavailable"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"Retry-After": "5"})
+        super().__init__(message, **kwargs)
+
+
 class UpstreamError(GatewayError):
     """Every endpoint tried failed (502, or 504 on timeouts, or the upstream's 4xx/429)."""
 

@@ -36,6 +36,30 @@ class Settings:
     endpoints: str | None = None  # default: endpoints.yaml beside the policy
     keys: str = "keys.json"
     audit_dir: str = "audit"
+    # Audit pipeline (observability/pipeline.py; README "Audit"): spool, sink, bounds.
+    audit_sink: str = "local"  # local | s3 | gcs | http
+    audit_prefix: str = "records"  # object keys: <prefix>/dt=YYYY-MM-DD/hour=HH/...
+    audit_host: str | None = None  # the stream's name in keys; default: the host name
+    audit_spool_dir: str | None = None  # default: <audit_dir>/spool
+    audit_spool_max_bytes: int = 1 << 30
+    audit_spool_full: str = "refuse"  # refuse (503) | drop (counted, logged, gap entry)
+    audit_fsync_interval_ms: int = 200
+    audit_batch_interval_s: float = 10.0
+    audit_batch_max_bytes: int = 8 << 20
+    audit_retry_max_s: float = 30.0
+    audit_local_max_file_bytes: int = 32 << 20
+    audit_s3_bucket: str | None = None
+    audit_s3_region: str | None = None
+    audit_s3_kms_key_id: str | None = None
+    audit_s3_endpoint_url: str | None = None
+    audit_gcs_bucket: str | None = None
+    audit_gcs_project: str | None = None
+    audit_gcs_endpoint_url: str | None = None
+    audit_http_url: str | None = None
+    audit_http_token_env: str = "KAMIWAZA_AUDIT_HTTP_TOKEN"
+    audit_http_ca_file: str | None = None
+    audit_prompt_salt_env: str | None = None  # variable holding the prompt-hash salt
+    audit_decision_logs: bool = True  # OPA decision log -> loopback ingestion
     rego_dir: str = "rego"
     # None: start and supervise an OPA sidecar on loopback.
     opa_url: str | None = None
@@ -116,6 +140,13 @@ def _opt_str(value: Any, where: str) -> str | None:
     return None if value in (None, "") else _str(value, where)
 
 
+def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
+    text = _str(value, where).strip().lower()
+    if text not in choices:
+        raise SettingsError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+    return text
+
+
 def _str_list(value: Any, where: str) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple) or not items:
@@ -168,6 +199,29 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "endpoints": _opt_str,
     "keys": _str,
     "audit_dir": _str,
+    "audit_sink": lambda v, w: _choice(v, w, ("local", "s3", "gcs", "http")),
+    "audit_prefix": lambda v, w: "" if v in (None, "") else _str(v, w).strip("/"),
+    "audit_host": _opt_str,
+    "audit_spool_dir": _opt_str,
+    "audit_spool_max_bytes": lambda v, w: _int(v, w, minimum=64 * 1024),
+    "audit_spool_full": lambda v, w: _choice(v, w, ("refuse", "drop")),
+    "audit_fsync_interval_ms": lambda v, w: _int(v, w, minimum=1),
+    "audit_batch_interval_s": _float,
+    "audit_batch_max_bytes": lambda v, w: _int(v, w, minimum=4096),
+    "audit_retry_max_s": _float,
+    "audit_local_max_file_bytes": lambda v, w: _int(v, w, minimum=4096),
+    "audit_s3_bucket": _opt_str,
+    "audit_s3_region": _opt_str,
+    "audit_s3_kms_key_id": _opt_str,
+    "audit_s3_endpoint_url": _opt_str,
+    "audit_gcs_bucket": _opt_str,
+    "audit_gcs_project": _opt_str,
+    "audit_gcs_endpoint_url": _opt_str,
+    "audit_http_url": _opt_str,
+    "audit_http_token_env": _str,
+    "audit_http_ca_file": _opt_str,
+    "audit_prompt_salt_env": _opt_str,
+    "audit_decision_logs": _bool,
     "rego_dir": _str,
     "opa_url": _opt_str,
     "opa_bin": _opt_str,
@@ -248,3 +302,9 @@ def _cross_check(settings: Settings) -> None:
     for tenant, floor in settings.tenant_floors.items():
         if floor not in classes:
             raise SettingsError(f"tenant_floors.{tenant}: {floor!r} is not one of data_classes")
+    required = {"s3": "audit_s3_bucket", "gcs": "audit_gcs_bucket", "http": "audit_http_url"}
+    needed = required.get(settings.audit_sink)
+    if needed is not None and getattr(settings, needed) is None:
+        raise SettingsError(f"{needed}: required when audit_sink is {settings.audit_sink}")
+    if settings.audit_batch_interval_s <= 0:
+        raise SettingsError("audit_batch_interval_s: must be positive")

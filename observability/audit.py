@@ -1,27 +1,20 @@
-"""The per-request audit record and the local JSON Lines sink.
+"""The per-request audit record.
 
 One :class:`AuditRecord` is written for every request the gateway answers,
 successful or not. It says who asked, what the policy decided and why, where the
 request went (every attempt), and what it cost. Prompts and completions are
-never part of it.
+never part of it; `prompt_hash` is an optional salted hash (HMAC-SHA256) of the
+messages, for matching a known prompt without disclosing any.
 
-:class:`JsonlAuditLog` appends records to daily files without blocking the
-event loop: `write()` only queues, and a background task hands batches to a
-worker thread. A failed write is retried, never dropped silently.
+:mod:`observability.pipeline` spools, chains and ships the records.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import os
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -71,6 +64,8 @@ class AuditRecord:
     tokens: dict[str, int] = field(default_factory=lambda: {"input": 0, "output": 0})
     cost_usd: float = 0.0
     error: dict[str, str] | None = None  # {"type", "code", "message"} when status >= 400
+    # HMAC-SHA256 of the request's messages under the operator's salt (None: off).
+    prompt_hash: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # dataclasses.asdict deep-copies every value (~0.25 ms a record); the
@@ -100,81 +95,3 @@ def cost_usd(
 ) -> float:
     """Cost from the registry's per-1k-token prices, rounded to a nano-dollar."""
     return round(input_tokens / 1000 * input_per_1k + output_tokens / 1000 * output_per_1k, 9)
-
-
-class JsonlAuditLog:
-    """Appends records to `<dir>/audit-YYYY-MM-DD.jsonl` from a worker thread."""
-
-    def __init__(self, directory: str | os.PathLike[str], *, flush_interval: float = 0.05) -> None:
-        self.directory = Path(directory)
-        self.flush_interval = flush_interval
-        self._pending: list[tuple[str, str]] = []  # (file name, JSON line)
-        self._wakeup = asyncio.Event()
-        self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self.written = 0
-
-    async def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._task = asyncio.create_task(self._run(), name="audit-writer")
-
-    def write(self, record: AuditRecord) -> None:
-        """Queue a record; never blocks and never raises on the request path."""
-        day = record.timestamp[:10]
-        self._pending.append((f"audit-{day}.jsonl", record.to_json()))
-        self._wakeup.set()
-
-    async def flush(self) -> None:
-        """Write everything queued so far; when it returns, those records are on disk."""
-        # The lock makes a caller wait for a batch the writer task has in flight.
-        async with self._lock:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    await asyncio.to_thread(self._append, batch)
-                except OSError:
-                    # Keep the batch, in order, ahead of anything queued since.
-                    self._pending[:0] = batch
-                    raise
-                self.written += len(batch)
-
-    def _append(self, batch: list[tuple[str, str]]) -> None:
-        by_file: dict[str, list[str]] = {}
-        for name, line in batch:
-            by_file.setdefault(name, []).append(line)
-        for name, lines in by_file.items():
-            with open(self.directory / name, "a", encoding="utf-8") as fh:
-                fh.write("\n".join(lines) + "\n")
-
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            try:
-                await self.flush()
-            except OSError as err:
-                log.error(
-                    "audit write to %s failed (%s); %d record(s) kept for retry",
-                    self.directory,
-                    err.strerror,
-                    len(self._pending),
-                )
-                if self._closing:
-                    return
-                await asyncio.sleep(1.0)
-                self._wakeup.set()
-                continue
-            if self._closing:
-                return
-            # Group records arriving close together into one write.
-            await asyncio.sleep(self.flush_interval)
-
-    async def close(self) -> None:
-        """Stop the writer after it has written everything queued."""
-        self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
-        await self.flush()

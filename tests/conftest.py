@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.audit_servers import aws_env, fake_gcs, moto_s3  # noqa: F401 (fixtures)
 from tests.fake_upstream import FakeUpstream
 from tests.opa_server import OpaServer
 from translator.opa import find_opa

@@ -3,7 +3,6 @@ loopback, a keys file with one key per test tenant, and an audit directory."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from aiohttp.test_utils import TestServer
 from gateway.app import AUDIT, create_app
 from gateway.auth import KeyStore
 from gateway.settings import load_settings
+from observability.audit_reader import request_records
 from tests.fake_upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,10 +74,7 @@ class Gateway:
 
     async def audit_records(self) -> list[dict[str, Any]]:
         await self.app[AUDIT].flush()
-        records = []
-        for path in sorted(self.audit_dir.glob("audit-*.jsonl")):
-            records += [json.loads(line) for line in path.read_text().splitlines()]
-        return records
+        return request_records(str(self.audit_dir))
 
     async def close(self) -> None:
         for sdk in self.clients:

@@ -19,6 +19,7 @@ import pytest
 from gateway.app import StartupError, create_app
 from gateway.auth import KeyStore
 from gateway.settings import load_settings
+from observability.audit_reader import request_records
 from tests.opa_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,9 +163,5 @@ def test_serve_supervises_its_opa_sidecar_and_stops_it(tmp_path: Path, opa_bin: 
         log.close()
     assert proc.returncode == 0
     assert not Path(f"/proc/{opa_pid}").exists()  # the sidecar went with it
-    records = [
-        json.loads(line)
-        for path in (workdir / "audit").glob("audit-*.jsonl")
-        for line in path.read_text().splitlines()
-    ]
+    records = request_records(str(workdir / "audit"))  # shipped at shutdown
     assert [(r["status"], r["tenant"]) for r in records] == [(403, "demo")]

@@ -1,0 +1,432 @@
+"""`kamiwaza audit`: verify, reconcile and query shipped audit records.
+
+SOURCE is a local directory (the local sink writes under `<audit_dir>/<prefix>`),
+`s3://bucket/prefix` or `gs://bucket/prefix`; without it, the gateway's
+configuration (`--config`, KAMIWAZA_* variables) names the configured sink.
+Exit codes: 0 ok, 1 problems found (a broken chain, unmatched decisions),
+2 usage errors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from observability.audit_reader import SourceOptions, entry_time, iter_entries, open_source
+from observability.chain import KIND_DECISION, KIND_REQUEST, ChainVerifier
+from observability.sinks import ObjectSource
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_when(text: str | None, now: datetime | None = None) -> datetime | None:
+    """RFC 3339 (naive = UTC), a date, or a duration before now (90s, 15m, 2h, 7d)."""
+    if text is None:
+        return None
+    text = text.strip()
+    now = now or datetime.now(UTC)
+    match = _DURATION.match(text)
+    if match:
+        return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither a time (2026-06-01T12:00:00Z) nor a duration (15m, 2h, 7d)"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _configured_source(config_file: str | None) -> tuple[str, SourceOptions]:
+    from pathlib import Path
+
+    from gateway.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(config_file)
+    except SettingsError as err:
+        raise click.UsageError(f"no SOURCE given and the configuration is invalid: {err}") from err
+    prefix = settings.audit_prefix
+    if settings.audit_sink == "s3":
+        return f"s3://{settings.audit_s3_bucket}/{prefix}", SourceOptions(
+            endpoint_url=settings.audit_s3_endpoint_url, region=settings.audit_s3_region
+        )
+    if settings.audit_sink == "gcs":
+        return f"gs://{settings.audit_gcs_bucket}/{prefix}", SourceOptions(
+            endpoint_url=settings.audit_gcs_endpoint_url, project=settings.audit_gcs_project
+        )
+    if settings.audit_sink == "http":
+        raise click.UsageError("the HTTP collector cannot be read back: give a SOURCE")
+    return str(Path(settings.audit_dir) / prefix), SourceOptions()
+
+
+def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.argument("source", required=False),
+        click.option("--config", "config_file", default=None, help="Gateway config file."),
+        click.option("--endpoint-url", default=None, help="S3-compatible or GCS emulator URL."),
+        click.option("--region", default=None, help="S3 region."),
+        click.option("--project", default=None, help="GCP project."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _open(
+    *,
+    source: str | None,
+    config_file: str | None,
+    endpoint_url: str | None,
+    region: str | None,
+    project: str | None,
+) -> ObjectSource:
+    if source is None:
+        source, options = _configured_source(config_file)
+    else:
+        options = SourceOptions()
+    options = SourceOptions(
+        endpoint_url=endpoint_url or options.endpoint_url,
+        region=region or options.region,
+        project=project or options.project,
+    )
+    return open_source(source, options)
+
+
+@contextmanager
+def _progress(enabled: bool | None) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr (a terminal, or --progress) while objects are read."""
+    show = sys.stderr.isatty() if enabled is None else enabled
+    if not show:
+        yield None
+        return
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            if total < 2:
+                return
+            state["bar"] = click.progressbar(
+                length=total, label="reading audit objects", file=sys.stderr
+            ).__enter__()
+        bar = state["bar"]
+        bar.update(done - bar.pos)
+
+    try:
+        yield update
+    finally:
+        if "bar" in state:
+            state["bar"].__exit__(None, None, None)
+
+
+def _entries(
+    objects: ObjectSource,
+    verifier: ChainVerifier,
+    since: datetime | None,
+    until: datetime | None,
+    progress: bool | None,
+) -> Iterator[dict[str, Any]]:
+    try:
+        with _progress(progress) as update:
+            yield from iter_entries(objects, verifier, since=since, until=until, progress=update)
+    except Exception as err:  # a bucket that cannot be listed or read
+        if isinstance(err, click.ClickException):
+            raise
+        click.echo(f"error: cannot read {objects.describe()}: {err}", err=True)
+        sys.exit(1)
+
+
+@click.group("audit")
+def audit() -> None:
+    """Verify, reconcile and query the audit trail."""
+
+
+@audit.command("verify")
+@source_options
+@click.option(
+    "--allow-partial",
+    is_flag=True,
+    help="Accept streams that start after seq 0 (a copy of part of the trail).",
+)
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a tty).")
+def verify(
+    *,
+    source: str | None,
+    config_file: str | None,
+    endpoint_url: str | None,
+    region: str | None,
+    project: str | None,
+    allow_partial: bool,
+    progress: bool | None,
+) -> None:
+    """Check every object's digest and every hash-chain link; name the first break."""
+    objects = _open(
+        source=source,
+        config_file=config_file,
+        endpoint_url=endpoint_url,
+        region=region,
+        project=project,
+    )
+    verifier = ChainVerifier(allow_partial=allow_partial)
+    for _ in _entries(objects, verifier, None, None, progress):
+        pass
+    report = verifier.report
+    for gap in report.gaps:
+        click.echo(f"warning: {gap}", err=True)
+    summary = (
+        f"{report.entries} entries in {report.objects} object(s), "
+        f"{len(report.streams)} stream(s), {report.duplicates} duplicate(s) skipped"
+    )
+    if report.ok:
+        click.echo(f"ok: {summary}; every digest and link checks out")
+        return
+    click.echo(f"FAILED: {len(report.problems)} problem(s) in {objects.describe()} ({summary})")
+    click.echo(f"first: {report.problems[0]}")
+    for problem in report.problems[1:]:
+        click.echo(f"also:  {problem}")
+    sys.exit(1)
+
+
+@audit.command("reconcile")
+@source_options
+@click.option("--since", default=None, help="Start: a time or a duration ago (2h, 7d).")
+@click.option("--until", default=None, help="End: a time or a duration ago.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a tty).")
+def reconcile(
+    *,
+    source: str | None,
+    config_file: str | None,
+    endpoint_url: str | None,
+    region: str | None,
+    project: str | None,
+    since: str | None,
+    until: str | None,
+    fmt: str,
+    progress: bool | None,
+) -> None:
+    """List gateway records with no OPA decision event, and OPA events with no record."""
+    start, end = parse_when(since), parse_when(until)
+    objects = _open(
+        source=source,
+        config_file=config_file,
+        endpoint_url=endpoint_url,
+        region=region,
+        project=project,
+    )
+    verifier = ChainVerifier(allow_partial=True)
+    records: dict[str, dict[str, Any]] = {}
+    events: dict[str, dict[str, Any]] = {}
+    for entry in _entries(objects, verifier, start, end, progress):
+        moment = entry_time(entry)
+        if moment is not None and (
+            (start is not None and moment < start) or (end is not None and moment >= end)
+        ):
+            continue
+        if entry["kind"] == KIND_REQUEST:
+            decision_id = entry["body"].get("decision_id")
+            if decision_id:
+                records.setdefault(decision_id, entry["body"])
+        elif entry["kind"] == KIND_DECISION:
+            events.setdefault(entry["id"], entry["body"])
+    no_event = sorted(
+        ({"decision_id": d, "request_id": r.get("request_id"), "timestamp": r.get("timestamp"),
+          "tenant": r.get("tenant"), "status": r.get("status")}
+         for d, r in records.items() if d not in events),
+        key=lambda row: str(row["timestamp"]),
+    )  # fmt: skip
+    no_record = sorted(
+        ({"decision_id": d, "timestamp": e.get("timestamp"), "path": e.get("path")}
+         for d, e in events.items() if d not in records),
+        key=lambda row: str(row["timestamp"]),
+    )  # fmt: skip
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "records": len(records),
+                    "events": len(events),
+                    "records_without_event": no_event,
+                    "events_without_record": no_record,
+                },
+                indent=2,
+            )
+        )
+    else:
+        click.echo(f"{len(records)} decided request record(s), {len(events)} OPA event(s)")
+        click.echo(f"records without an OPA event: {len(no_event)}")
+        for row in no_event:
+            click.echo(
+                f"  {row['timestamp']}  {row['request_id']}  decision {row['decision_id']}"
+                f"  tenant={row['tenant']} status={row['status']}"
+            )
+        click.echo(f"OPA events without a gateway record: {len(no_record)}")
+        for row in no_record:
+            click.echo(f"  {row['timestamp']}  decision {row['decision_id']}  {row['path']}")
+    if no_event or no_record:
+        sys.exit(1)
+
+
+def _status_filter(spec: str | None) -> Callable[[int], bool]:
+    if not spec:
+        return lambda status: True
+    classes: set[int] = set()
+    exact: set[int] = set()
+    for raw in spec.split(","):
+        part = raw.strip().lower()
+        if re.fullmatch(r"[1-5]xx", part):
+            classes.add(int(part[0]))
+        elif part.isdigit():
+            exact.add(int(part))
+        else:
+            raise click.BadParameter(f"{part!r}: expected a status (200), a class (5xx) or a list")
+    return lambda status: status in exact or status // 100 in classes
+
+
+def _rule_of(record: dict[str, Any]) -> str:
+    if record.get("overridden_by"):
+        return f"override:{record['overridden_by']}"
+    rule = record.get("rule") or {}
+    return str(rule.get("name") or "")
+
+
+COLUMNS = (
+    ("timestamp", 24),
+    ("request_id", 36),
+    ("tenant", 18),
+    ("status", 6),
+    ("endpoint", 16),
+    ("rule", 22),
+    ("total_ms", 9),
+    ("cost_usd", 11),
+)
+
+
+def _row(record: dict[str, Any]) -> list[str]:
+    latency = (record.get("latency_ms") or {}).get("total")
+    return [
+        str(record.get("timestamp") or ""),
+        str(record.get("request_id") or ""),
+        str(record.get("tenant") or "-"),
+        str(record.get("status") or ""),
+        str(record.get("endpoint") or "-"),
+        _rule_of(record) or "-",
+        f"{latency:.1f}" if isinstance(latency, int | float) else "-",
+        f"{record.get('cost_usd') or 0:.6f}",
+    ]
+
+
+@audit.command("query")
+@source_options
+@click.option("--since", default=None, help="Start: a time or a duration ago (2h, 7d).")
+@click.option("--until", default=None, help="End (exclusive): a time or a duration ago.")
+@click.option("--tenant", multiple=True, help="Only this tenant (repeatable).")
+@click.option("--endpoint", multiple=True, help="Only this endpoint (repeatable).")
+@click.option("--rule", multiple=True, help="Only this rule name, or override:<name>.")
+@click.option("--status", default=None, help="200, 5xx, or a list: 429,5xx.")
+@click.option("--prompt-hash", default=None, help="Only requests with this prompt hash.")
+@click.option("--format", "fmt", type=click.Choice(["table", "jsonl"]), default="table")
+@click.option("--limit", type=int, default=None, help="At most this many records.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a tty).")
+def query(
+    *,
+    source: str | None,
+    config_file: str | None,
+    endpoint_url: str | None,
+    region: str | None,
+    project: str | None,
+    since: str | None,
+    until: str | None,
+    tenant: tuple[str, ...],
+    endpoint: tuple[str, ...],
+    rule: tuple[str, ...],
+    status: str | None,
+    prompt_hash: str | None,
+    fmt: str,
+    limit: int | None,
+    progress: bool | None,
+) -> None:
+    """Request records matching every filter, as a table or JSON Lines."""
+    start, end = parse_when(since), parse_when(until)
+    status_ok = _status_filter(status)
+    objects = _open(
+        source=source,
+        config_file=config_file,
+        endpoint_url=endpoint_url,
+        region=region,
+        project=project,
+    )
+    verifier = ChainVerifier(allow_partial=True)
+    seen: set[str] = set()
+    shown = 0
+    if fmt == "table":
+        click.echo("  ".join(name.ljust(width) for name, width in COLUMNS).rstrip())
+    for entry in _entries(objects, verifier, start, end, progress):
+        if entry["kind"] != KIND_REQUEST or entry["id"] in seen:
+            continue
+        seen.add(entry["id"])
+        record: dict[str, Any] = entry["body"]
+        moment = entry_time(entry)
+        if moment is not None and (
+            (start is not None and moment < start) or (end is not None and moment >= end)
+        ):
+            continue
+        if (
+            (tenant and record.get("tenant") not in tenant)
+            or (endpoint and record.get("endpoint") not in endpoint)
+            or (rule and _rule_of(record) not in rule)
+            or not status_ok(int(record.get("status") or 0))
+            or (prompt_hash and record.get("prompt_hash") != prompt_hash)
+        ):
+            continue
+        if fmt == "jsonl":
+            click.echo(json.dumps(record, separators=(",", ":"), sort_keys=True))
+        else:
+            cells = _row(record)
+            click.echo(
+                "  ".join(
+                    cell.ljust(width) for cell, (_, width) in zip(cells, COLUMNS, strict=True)
+                ).rstrip()
+            )
+        shown += 1
+        if limit is not None and shown >= limit:
+            break
+    if verifier.report.problems:
+        click.echo(
+            f"warning: {len(verifier.report.problems)} integrity problem(s) in the source; "
+            "run `kamiwaza audit verify`",
+            err=True,
+        )
+
+
+@audit.command("hash-prompt")
+@click.argument("messages_file", type=click.File("r"), default="-")
+@click.option(
+    "--salt-env",
+    required=True,
+    help="Variable holding the salt (the gateway's audit_prompt_salt_env).",
+)
+def hash_prompt(messages_file: Any, salt_env: str) -> None:
+    """The prompt hash the gateway records for a `messages` JSON array (file or stdin)."""
+    import os
+
+    from observability.pipeline import prompt_hmac
+
+    salt = os.environ.get(salt_env, "")
+    if not salt:
+        raise click.UsageError(f"environment variable {salt_env} is not set")
+    try:
+        messages = json.load(messages_file)
+    except ValueError as err:
+        raise click.UsageError(f"not JSON: {err}") from err
+    if isinstance(messages, dict) and "messages" in messages:
+        messages = messages["messages"]
+    click.echo(prompt_hmac(salt.encode(), messages))
