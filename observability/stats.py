@@ -175,10 +175,14 @@ def _parse_files(files: list[Path], report: ReadReport) -> Iterator[Mapping[str,
             except json.JSONDecodeError:
                 report.bad_lines += 1
                 continue
-            if isinstance(record, dict):
-                yield record
-            else:
+            if not isinstance(record, dict):
                 report.bad_lines += 1
+            elif "kind" in record and "seq" in record:
+                # An audit pipeline entry (observability/chain.py): its record.
+                if record["kind"] == "request" and isinstance(record.get("body"), dict):
+                    yield record["body"]
+            else:
+                yield record
 
 
 # -- computing -----------------------------------------------------------------

@@ -334,3 +334,14 @@ def test_http_collector_refuses_plain_http_off_loopback() -> None:
         HttpSink("http://collector.example.com/ingest", "t")
     with pytest.raises(SinkError, match="token is empty"):
         HttpSink("https://collector.example.com/ingest", "")
+
+
+async def test_kamiwaza_stats_reads_the_shipped_records(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from observability.stats import read_records
+
+    root = await _trail(tmp_path, count=4)
+    now = datetime.now(UTC)
+    records = list(read_records(str(root), now - timedelta(hours=1), now + timedelta(hours=1)))
+    assert [r["request_id"] for r in records] == [f"req-{n:04d}" for n in range(4)]
