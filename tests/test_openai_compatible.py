@@ -180,7 +180,12 @@ def test_secret_cannot_be_pickled() -> None:
         pickle.dumps(Secret(TOKEN))
 
 
-def test_unimplemented_type_is_a_clear_error() -> None:
+def test_unimplemented_type_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every type has an adapter now: unregister one to see the error.
+    from gateway.providers import base
+
+    monkeypatch.delitem(base._ADAPTER_PATHS, "anthropic")
+    monkeypatch.delitem(base._ADAPTER_FACTORIES, "anthropic", raising=False)
     with pytest.raises(ProviderNotImplementedError, match="'anthropic' is not implemented yet"):
         adapter_for(endpoint(type="anthropic", base_url=None), environ={})
 

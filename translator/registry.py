@@ -44,7 +44,7 @@ TYPE_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "openai": ("organization", "project"),
         "anthropic": ("anthropic_version", "max_tokens_default"),
         "bedrock": ("region", "vpc_endpoint_url", "assume_role_arn", "sts_endpoint_url"),
-        "vertex": ("project", "location", "publisher"),
+        "vertex": ("project", "location", "publisher", "anthropic_version", "max_tokens_default"),
         "azure-openai": ("deployment", "api_version"),
     }
 )
@@ -74,6 +74,7 @@ AUTH_FIELDS = (
     "api_key_env",
     "api_key_file",
     "service_account_file",
+    "service_account_env",
     "entra_tenant_id",
     "entra_client_id",
     "entra_client_secret_env",

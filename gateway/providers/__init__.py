@@ -22,6 +22,8 @@ from gateway.providers.base import (
 
 register_adapter("bedrock", "gateway.providers.bedrock.adapter:BedrockAdapter")
 register_adapter("azure-openai", "gateway.providers.azure_openai.adapter:AzureOpenAIAdapter")
+register_adapter("anthropic", "gateway.providers.anthropic.adapter:AnthropicAdapter")
+register_adapter("vertex", "gateway.providers.vertex.adapter:vertex_adapter")
 
 __all__ = [
     "CredentialStore",
