@@ -14,6 +14,10 @@ from tests.fake_upstream import FakeUpstream
 from tests.opa_server import OpaServer
 from translator.opa import find_opa
 
+# Tests send traffic to loopback only: botocore must never probe the EC2
+# instance-metadata address while it looks for credentials (subprocesses inherit this).
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
 ROOT = Path(__file__).resolve().parent.parent
 REGO_DIR = ROOT / "rego"
 POLICIES_DIR = ROOT / "policies"

@@ -438,12 +438,16 @@ async def test_redirects_are_not_followed(
     fake_upstream: StartFake, make_gateway: Any, http: Any
 ) -> None:
     up = await fake_upstream(token=TOKEN_A)
-    up.next(redirect_to="http://169.254.169.254/latest/meta-data/")
+    # The redirect target is another loopback server: following the redirect
+    # would show up there (tests never send traffic off this machine).
+    elsewhere = await fake_upstream(token=TOKEN_A)
+    up.next(redirect_to=elsewhere.url + "/chat/completions")
     gw = await make_gateway([endpoint("a", up.url)])
     async with http.post(gw.url + "/v1/chat/completions", json=BODY) as resp:
         assert resp.status == 502
         assert (await resp.json())["error"]["code"] == "upstream_redirect"
     assert len(up.requests) == 1
+    assert elsewhere.requests == []
 
 
 # ---------------------------------------------------------------------------
