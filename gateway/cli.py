@@ -94,15 +94,29 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     default="table",
     show_default=True,
 )
-def stats(source: str, since: str, until: str | None, fmt: str) -> None:
+@click.option("--endpoint-url", default=None, help="S3-compatible store or GCS emulator URL.")
+@click.option("--region", default=None, help="S3 region of a bucket SOURCE.")
+@click.option("--project", default=None, help="GCP project of a gs:// SOURCE.")
+def stats(
+    *,
+    source: str,
+    since: str,
+    until: str | None,
+    fmt: str,
+    endpoint_url: str | None,
+    region: str | None,
+    project: str | None,
+) -> None:
     """Latency, errors, cost, tokens and routing from the audit records in SOURCE.
 
-    SOURCE is the audit directory (default: $KAMIWAZA_AUDIT_DIR, else ./audit)
-    or one file; times are RFC 3339 (UTC when no offset) or durations before
-    now (90s, 15m, 2h, 7d).
+    SOURCE is the audit directory (default: $KAMIWAZA_AUDIT_DIR, else ./audit),
+    one file, or a bucket prefix (s3://bucket/prefix, gs://bucket/prefix);
+    times are RFC 3339 (UTC when no offset) or durations before now (90s, 15m,
+    2h, 7d).
     """
     from datetime import UTC, datetime
 
+    from observability.audit_reader import SourceOptions
     from observability.stats import (
         ReadReport,
         StatsError,
@@ -120,7 +134,8 @@ def stats(source: str, since: str, until: str | None, fmt: str) -> None:
         if start >= end:
             raise click.UsageError(f"--since ({since}) must be before --until ({until or 'now'})")
         report = ReadReport()
-        summary = compute(read_records(source, start, end, report), start, end)
+        options = SourceOptions(endpoint_url=endpoint_url, region=region, project=project)
+        summary = compute(read_records(source, start, end, report, options), start, end)
     except StatsError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from observability.audit_reader import SourceOptions, open_source, request_records
 from observability.metrics import label, rule_label
 
 # scheme -> reader(url, since, until) yielding record dicts (may yield records
@@ -134,19 +135,39 @@ def _lines(path: Path) -> Iterator[str]:
 
 
 def read_records(
-    source: str, since: datetime, until: datetime, report: ReadReport | None = None
+    source: str,
+    since: datetime,
+    until: datetime,
+    report: ReadReport | None = None,
+    options: SourceOptions | None = None,
 ) -> Iterator[Mapping[str, Any]]:
-    """Records of `source` that arrived in [since, until), each request once."""
+    """Records of `source` that arrived in [since, until), each request once.
+
+    `s3://bucket/prefix` and `gs://bucket/prefix` are read through the audit
+    pipeline's bucket reader (digests and chain checked on the way); `options`
+    carries its endpoint URL (S3-compatible store, GCS emulator), region, project.
+    """
     report = report if report is not None else ReadReport()
     scheme = source.split("://", 1)[0] if "://" in source else None
-    if scheme is not None and scheme != "file":
+    if scheme in ("s3", "gs"):
+        try:
+            raw_bucket = request_records(
+                open_source(source, options),
+                since=since - timedelta(hours=1),  # objects are keyed by their first record's hour
+                until=until,
+            )
+        except Exception as err:  # boto3 / google-cloud-storage errors: name the source
+            raise StatsError(f"{source}: {err}") from err
+        report.files += 1
+        raw: Iterable[Mapping[str, Any]] = raw_bucket
+    elif scheme is not None and scheme != "file":
         reader = _SOURCES.get(scheme)
         if reader is None:
             raise StatsError(
                 f"{source}: no reader for {scheme}:// sources in this build "
                 "(read a local directory or a downloaded copy of the bucket prefix)"
             )
-        raw: Iterable[Mapping[str, Any]] = reader(source, since, until)
+        raw = reader(source, since, until)
     else:
         path = Path(source.removeprefix("file://"))
         raw = _parse_files(_local_files(path, since, until), report)

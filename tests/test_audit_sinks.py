@@ -78,6 +78,14 @@ async def test_s3_sink_against_moto(tmp_path: Path, moto_s3: str, aws_env: dict[
     )
     assert result.exit_code == 0, result.output
     assert "ok: 5 entries in 2 object(s)" in result.output
+    # kamiwaza stats reads the bucket prefix directly.
+    result = CliRunner().invoke(
+        main,
+        ["stats", f"s3://{bucket}/audit", "--endpoint-url", moto_s3, "--format", "json"],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert {t["tenant"]: t["requests"] for t in summary["tenants"]} == {"acme": 2, "globex": 3}
     # An edited object in the bucket: its digest no longer matches.
     key = sorted(objects)[1]
     body, meta = objects[key]

@@ -184,7 +184,7 @@ def test_the_source_defaults_to_the_audit_dir_variable(
     ("args", "message"),
     [
         (["/no/such/dir"], "error: /no/such/dir: no such file or directory\n"),
-        (["s3://bucket/prefix"], "error: s3://bucket/prefix: no reader for s3:// sources"),
+        (["az://bucket/prefix"], "error: az://bucket/prefix: no reader for az:// sources"),
         (["--since", "yesterday"], "error: 'yesterday' is neither a time"),
     ],
 )
@@ -207,12 +207,12 @@ def test_a_registered_bucket_reader_is_used(monkeypatch: pytest.MonkeyPatch) -> 
         seen.append((url, since, until))
         return [*RECORDS, *OUTSIDE, RECORDS[0]]  # filtered and de-duplicated again
 
-    monkeypatch.setitem(stats._SOURCES, "s3", reader)
-    result = run("s3://bucket/records", *WINDOW)
+    monkeypatch.setitem(stats._SOURCES, "az", reader)
+    result = run("az://bucket/records", *WINDOW)
     assert result.exit_code == 0, result.output
     assert result.stdout == TABLE
     assert seen == [
-        ("s3://bucket/records", datetime(2025, 6, 1, 10, tzinfo=UTC),
+        ("az://bucket/records", datetime(2025, 6, 1, 10, tzinfo=UTC),
          datetime(2025, 6, 1, 11, tzinfo=UTC)),
     ]  # fmt: skip
 
