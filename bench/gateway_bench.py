@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.auth import KeyStore  # noqa: E402
-from tests.opa_server import free_port  # noqa: E402
+from tests.processes import free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "ping"}]}

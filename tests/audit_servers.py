@@ -8,17 +8,13 @@ import asyncio
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.opa_server import free_port
+from tests.processes import free_port, start_on_free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 AWS_ENV = {
@@ -28,50 +24,23 @@ AWS_ENV = {
 }
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited:\n{log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except urllib.error.HTTPError:
-            return  # it answers
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.05)  # readiness poll interval
-    raise RuntimeError(f"{url} did not come up:\n{log.read_text()[-2000:]}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="session")
 def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """moto in server mode on 127.0.0.1; yields its endpoint URL."""
     binary = Path(sys.executable).parent / "moto_server"
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(binary), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **AWS_ENV},
-        )
-    url = f"http://127.0.0.1:{port}"
+    proc, port = start_on_free_port(
+        lambda port, _attempt: [str(binary), "-H", "127.0.0.1", "-p", str(port)],
+        ready_path="/moto-api/",
+        log_path=tmp_path_factory.mktemp("moto") / "moto.log",
+        failure="moto_server did not come up",
+        timeout=30,
+        any_answer=True,
+        env={**os.environ, **AWS_ENV},
+    )
     try:
-        _wait_http(f"{url}/moto-api/", proc, log)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def find_fake_gcs() -> str:
@@ -89,36 +58,34 @@ def find_fake_gcs() -> str:
 @pytest.fixture(scope="session")
 def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """fake-gcs-server (in-memory backend) on 127.0.0.1; yields its endpoint URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("fake-gcs") / "fake-gcs.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                find_fake_gcs(),
-                "-scheme",
-                "http",
-                "-host",
-                "127.0.0.1",
-                "-port",
-                str(port),
-                "-public-host",
-                f"127.0.0.1:{port}",
-                "-external-url",
-                f"http://127.0.0.1:{port}",
-                "-backend",
-                "memory",
-                "-log-level",
-                "error",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
+    proc, port = start_on_free_port(
+        lambda port, _attempt: [
+            find_fake_gcs(),
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-public-host",
+            f"127.0.0.1:{port}",
+            "-external-url",
+            f"http://127.0.0.1:{port}",
+            "-backend",
+            "memory",
+            "-log-level",
+            "error",
+        ],
+        ready_path="/storage/v1/b",
+        log_path=tmp_path_factory.mktemp("fake-gcs") / "fake-gcs.log",
+        failure="fake-gcs-server did not come up",
+        timeout=30,
+        any_answer=True,
+    )
     try:
-        _wait_http(f"{url}/storage/v1/b", proc, log)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ from anthropic.types.shared import ErrorResponse
 from multidict import CIMultiDict
 from pydantic import TypeAdapter
 
+from tests.processes import serve_app
 from tests.typed_check import TypeMismatch, check
 
 API_VERSIONS = ("2023-06-01", "2026-10-21")
@@ -388,13 +389,7 @@ class FakeAnthropic:
     async def start(self) -> FakeAnthropic:
         app = web.Application()
         app.router.add_post("/v1/messages", self._messages)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_app(app, self.host)
         return self
 
     async def close(self) -> None:

@@ -28,6 +28,8 @@ from openai.types.chat.completion_create_params import (
 )
 from pydantic import TypeAdapter, ValidationError
 
+from tests.processes import serve_app
+
 SCOPE = "https://cognitiveservices.azure.com/.default"
 FILTER_OK = {
     name: {"filtered": False, "severity": "safe"}
@@ -100,12 +102,7 @@ class FakeAzure:
         app = web.Application()
         app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        assert site._server is not None
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_app(app)
         return self
 
     async def close(self) -> None:

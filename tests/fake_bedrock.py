@@ -41,6 +41,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 from botocore.validate import ParamValidator
 
+from tests.processes import serve_app
+
 _SERVICE_MODEL = botocore.session.get_session().get_service_model("bedrock-runtime")
 CONVERSE_INPUT = _SERVICE_MODEL.operation_model("Converse").input_shape
 CONVERSE_STREAM_INPUT = _SERVICE_MODEL.operation_model("ConverseStream").input_shape
@@ -216,12 +218,7 @@ class FakeBedrock:
         app = web.Application()
         app.router.add_post("/model/{model_id}/converse", self._converse)
         app.router.add_post("/model/{model_id}/converse-stream", self._converse_stream)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        assert site._server is not None
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_app(app, self.host)
         return self
 
     async def close(self) -> None:
@@ -423,12 +420,7 @@ class FakeSts:
     async def start(self) -> FakeSts:
         app = web.Application()
         app.router.add_post("/", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        assert site._server is not None
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve_app(app)
         return self
 
     async def close(self) -> None:

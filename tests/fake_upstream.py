@@ -28,6 +28,8 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from tests.processes import serve_app
+
 DEFAULT_REPLY = "Hello from the fake upstream, streamed word by word."
 
 
@@ -108,15 +110,7 @@ class FakeUpstream:
         app.router.add_get("/v1/models", self._models)
         # handler_cancellation: a client that goes away cancels the handler at
         # once, which is how the fake observes the gateway's cancellation.
-        self._runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_app(app, self.host, handler_cancellation=True)
         return self
 
     async def close(self) -> None:

@@ -55,6 +55,7 @@ from tests.fake_anthropic import (
     validate_request,
     write_events,
 )
+from tests.processes import serve_app
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -283,13 +284,7 @@ class FakeVertex:
             "/{version:v1|v1beta1}/projects/{project}/locations/{location}/publishers/{publisher}/models/{tail}",
             self._predict,
         )
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_app(app, self.host)
         return self
 
     async def close(self) -> None:

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.processes import start_on_free_port, stop_process
 from translator.opa import find_opa
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OpaServer:
@@ -36,52 +28,27 @@ class OpaServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
-        # A port picked free can be taken before OPA binds it; try a few.
-        for _ in range(3):
-            self.port = free_port()
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [
-                        find_opa(),
-                        "run",
-                        "--server",
-                        "--addr",
-                        f"127.0.0.1:{self.port}",
-                        "--log-level",
-                        "error",
-                        *self.paths,
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            if self._wait_healthy(timeout):
-                return
-            self.stop()
-        raise RuntimeError(f"OPA did not become healthy; log:\n{self.log_path.read_text()}")
-
-    def _wait_healthy(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        return True
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.02)  # poll interval of the readiness check
-        return False
+        self.proc, self.port = start_on_free_port(
+            lambda port, _attempt: [
+                find_opa(),
+                "run",
+                "--server",
+                "--addr",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "error",
+                *self.paths,
+            ],
+            ready_path="/health",
+            log_path=self.log_path,
+            failure="OPA did not become healthy",
+            timeout=timeout,
+            poll_interval=0.02,
+        )
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
     def request(self, method: str, path: str, body: Any = None, *, raw: str | None = None) -> Any:

@@ -6,8 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tests.opa_server import free_port
+from tests.processes import start_on_free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "observability" / "prometheus" / "prometheus.yml"
@@ -59,49 +57,24 @@ class PrometheusServer:
         config.pop("scrape_configs", None)
         config_path = self.workdir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config))
-        for attempt in range(3):  # a port picked free can be taken before Prometheus binds it
-            self.port = free_port()
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [
-                        find_prometheus(),
-                        f"--config.file={config_path}",
-                        f"--storage.tsdb.path={self.workdir / f'data-{attempt}'}",
-                        f"--web.listen-address=127.0.0.1:{self.port}",
-                        "--web.enable-otlp-receiver",
-                        "--log.level=warn",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            if self._wait_ready(timeout):
-                return
-            self.stop()
-        raise RuntimeError(f"Prometheus did not become ready; log:\n{self.log_path.read_text()}")
-
-    def _wait_ready(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
-                    if resp.status == 200:
-                        return True
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.05)  # poll interval of the readiness check
-        return False
+        self.proc, self.port = start_on_free_port(
+            lambda port, attempt: [
+                find_prometheus(),
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={self.workdir / f'data-{attempt}'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.enable-otlp-receiver",
+                "--log.level=warn",
+            ],
+            ready_path="/-/ready",
+            log_path=self.log_path,
+            failure="Prometheus did not become ready",
+            timeout=timeout,
+        )
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
     def api(self, path: str, **params: Any) -> Any:

@@ -34,7 +34,7 @@ from tests.gateway_harness import (
     start_gateway,
     token_of,
 )
-from tests.opa_server import free_port
+from tests.processes import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -31,7 +31,7 @@ from gateway.upstream import (
     UpstreamFailedError,
 )
 from tests.fake_upstream import Behavior, FakeUpstream
-from tests.opa_server import free_port
+from tests.processes import free_port, serve_app
 from tests.test_openai_compatible import validate_request
 from translator.errors import Position
 from translator.registry import Endpoint, Pricing, Registry, Timeouts
@@ -90,15 +90,7 @@ class Gateway:
     async def start(self) -> Gateway:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.handle)
-        self._runner = web.AppRunner(
-            app,
-            handler_cancellation=self.handler_cancellation,
-            access_log=None,
-            shutdown_timeout=0.5,
-        )
-        await self._runner.setup()
-        port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self._runner, port = await serve_app(app, handler_cancellation=self.handler_cancellation)
         self.url = f"http://127.0.0.1:{port}"
         return self
 

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.gateway_harness import ROOT, Gateway, start_gateway, token_of
-from tests.opa_server import free_port
+from tests.processes import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from gateway.app import StartupError, create_app
 from gateway.auth import KeyStore
 from gateway.settings import load_settings
 from observability.audit_reader import request_records
-from tests.opa_server import free_port
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 KAMIWAZA = str(Path(sys.executable).parent / "kamiwaza")
