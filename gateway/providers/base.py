@@ -523,6 +523,11 @@ def estimate_completion_usage(body: Mapping[str, Any], completion: Mapping[str, 
     return Usage(estimate_prompt_tokens(body), estimate_text_tokens(chars), estimated=True)
 
 
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """A request body as compact UTF-8 JSON."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def sse_frame(payload: Mapping[str, Any]) -> bytes:
     """One SSE `data:` event carrying a JSON object."""
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"

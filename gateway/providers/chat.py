@@ -36,6 +36,7 @@ from gateway.providers.base import (
     estimate_text_tokens,
     sse_frame,
 )
+from gateway.providers.sse import SseParser, SseProtocolError
 
 UNSUPPORTED_REQUEST: Final = "unsupported_request"
 STREAM_TRUNCATED: Final = "upstream_stream_truncated"
@@ -54,6 +55,18 @@ def unsupported(message: str) -> UpstreamFailureError:
 def bad_response(message: str) -> UpstreamFailure:
     """The upstream's answer breaks its own protocol: 502, fail over."""
     return UpstreamFailure(502, BAD_UPSTREAM_RESPONSE, message, True)
+
+
+def stream_truncated() -> UpstreamFailureError:
+    """The upstream's stream ended before the answer was complete: 502, fail over."""
+    return UpstreamFailureError(
+        UpstreamFailure(
+            502,
+            STREAM_TRUNCATED,
+            "the upstream's stream ended before the answer was complete",
+            True,
+        )
+    )
 
 
 def check_model_name(model: str | None) -> str:
@@ -322,7 +335,88 @@ def client_wants_usage(body: Mapping[str, Any]) -> bool:
 
 
 # ---------------------------------------------------------------------------
+# Reading the upstream's answer.
+
+
+def count(value: Any) -> int:
+    """A token count from an upstream's usage: a non-negative number, else 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return 0
+    return int(value)
+
+
+def json_event(data: bytes) -> dict[str, Any]:
+    """A stream event's JSON object; a bad response (502, fail over) when it is not one."""
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        raise UpstreamFailureError(
+            bad_response("the upstream sent a stream event that is not JSON")
+        ) from None
+    if not isinstance(payload, dict):
+        raise UpstreamFailureError(
+            bad_response("the upstream sent a stream event that is not a JSON object")
+        )
+    return payload
+
+
+EventHandler = Callable[[str | None, bytes, list[bytes]], None]
+
+
+def feed_sse(parser: SseParser, data: bytes, handle: EventHandler) -> list[bytes]:
+    """The frames `handle(event name, data, frames)` makes of the SSE events `data` completes.
+
+    An unparseable stream is a bad response; a failure raised by `handle`
+    carries the frames that preceded it in this read (they are still the answer's).
+    """
+    try:
+        events = parser.feed(data)
+    except SseProtocolError as err:
+        raise UpstreamFailureError(bad_response(str(err))) from None
+    frames: list[bytes] = []
+    try:
+        for event in events:
+            handle(event.event, event.data, frames)
+    except UpstreamFailureError as err:
+        err.frames = frames
+        raise
+    return frames
+
+
+def flush_sse(parser: SseParser, handle: EventHandler) -> list[bytes]:
+    """The frames of the event the end of the stream completes (see :func:`feed_sse`)."""
+    frames: list[bytes] = []
+    try:
+        for event in parser.flush():
+            handle(event.event, event.data, frames)
+    except UpstreamFailureError as err:
+        err.frames = frames
+        raise
+    return frames
+
+
+def estimated_usage(prompt_estimate: int, chars: int, content_chunks: int) -> Usage:
+    """Usage when the upstream reports none: output tokens from the streamed text,
+    at least one per content-bearing chunk and one per four characters."""
+    return Usage(prompt_estimate, max(content_chunks, estimate_text_tokens(chars)), estimated=True)
+
+
+# ---------------------------------------------------------------------------
 # Writing OpenAI answers.
+
+
+def usage_chunk(*, completion_id: str, created: int, model: str, usage: Usage) -> bytes:
+    """The `chat.completion.chunk` frame carrying a stream's usage (and no choices)."""
+    return sse_frame(
+        {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": usage.as_openai(),
+        }
+    )
 
 
 def completion(
@@ -408,11 +502,7 @@ class ChunkStreamTranslator(StreamTranslator):
     def usage(self) -> Usage:
         if self._reported is not None:
             return self._reported
-        return Usage(
-            self._prompt_estimate,
-            max(self._content_chunks, estimate_text_tokens(self._chars)),
-            estimated=True,
-        )
+        return estimated_usage(self._prompt_estimate, self._chars, self._content_chunks)
 
     def report_usage(self, usage: Usage) -> None:
         self._reported = usage
@@ -493,26 +583,15 @@ class ChunkStreamTranslator(StreamTranslator):
             return
         if self._client_wants_usage:
             frames.append(
-                sse_frame(
-                    {
-                        "id": self.id,
-                        "object": "chat.completion.chunk",
-                        "created": self.created,
-                        "model": self.model,
-                        "choices": [],
-                        "usage": self.usage.as_openai(),
-                    }
+                usage_chunk(
+                    completion_id=self.id,
+                    created=self.created,
+                    model=self.model,
+                    usage=self.usage,
                 )
             )
         frames.append(DONE_FRAME)
         self.done = True
 
     def truncated(self) -> UpstreamFailureError:
-        return UpstreamFailureError(
-            UpstreamFailure(
-                502,
-                STREAM_TRUNCATED,
-                "the upstream's stream ended before the answer was complete",
-                True,
-            )
-        )
+        return stream_truncated()

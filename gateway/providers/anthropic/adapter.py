@@ -21,6 +21,7 @@ from gateway.providers.base import (
     UpstreamFailure,
     UpstreamRequest,
     Usage,
+    encode_body,
 )
 from gateway.providers.chat import check_model_name
 from translator.registry import Endpoint
@@ -79,7 +80,7 @@ class AnthropicAdapter(ProviderAdapter):
         payload = self.upstream_body(body, model, stream=stream)
         headers = {"Content-Type": "application/json", **(await self.auth_headers())}
         return UpstreamRequest(
-            "POST", self.url(model, stream=stream), headers, translate.encode_body(payload)
+            "POST", self.url(model, stream=stream), headers, encode_body(payload)
         )
 
     def parse_response(

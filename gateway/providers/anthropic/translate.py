@@ -41,7 +41,11 @@ from gateway.providers.chat import (
     client_wants_usage,
     completion,
     content_parts,
+    count,
+    feed_sse,
+    flush_sse,
     function_tools,
+    json_event,
     json_schema_format,
     max_output_tokens,
     number,
@@ -53,7 +57,7 @@ from gateway.providers.chat import (
     tool_choice,
     unsupported,
 )
-from gateway.providers.sse import SseParser, SseProtocolError
+from gateway.providers.sse import SseParser
 
 # What the official SDK sends today; the registry's `anthropic_version` overrides it.
 DEFAULT_VERSION: Final = "2026-10-21"
@@ -241,29 +245,19 @@ def _compact(blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     return blocks
 
 
-def encode_body(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 # ---------------------------------------------------------------------------
 # Answer.
-
-
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        return 0
-    return int(value)
 
 
 def parse_usage(usage: Any) -> Usage | None:
     """Anthropic's usage: `input_tokens` excludes the cached parts, which Usage counts."""
     if not isinstance(usage, Mapping) or "input_tokens" not in usage:
         return None
-    cache_read = _count(usage.get("cache_read_input_tokens"))
-    cache_write = _count(usage.get("cache_creation_input_tokens"))
+    cache_read = count(usage.get("cache_read_input_tokens"))
+    cache_write = count(usage.get("cache_creation_input_tokens"))
     return Usage(
-        _count(usage.get("input_tokens")) + cache_read + cache_write,
-        _count(usage.get("output_tokens")),
+        count(usage.get("input_tokens")) + cache_read + cache_write,
+        count(usage.get("output_tokens")),
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
     )
@@ -451,27 +445,10 @@ class AnthropicStreamTranslator(ChunkStreamTranslator):
         )
 
     def feed(self, data: bytes) -> list[bytes]:
-        try:
-            events = self._parser.feed(data)
-        except SseProtocolError as err:
-            raise UpstreamFailureError(bad_response(str(err))) from None
-        frames: list[bytes] = []
-        try:
-            for event in events:
-                self._event(event.event, event.data, frames)
-        except UpstreamFailureError as err:
-            err.frames = frames
-            raise
-        return frames
+        return feed_sse(self._parser, data, self._event)
 
     def finish(self) -> list[bytes]:
-        frames: list[bytes] = []
-        try:
-            for event in self._parser.flush():
-                self._event(event.event, event.data, frames)
-        except UpstreamFailureError as err:
-            err.frames = frames
-            raise
+        frames = flush_sse(self._parser, self._event)
         if not self.done:
             if self.finish_reason is None:
                 raise self.truncated()
@@ -481,16 +458,7 @@ class AnthropicStreamTranslator(ChunkStreamTranslator):
     def _event(self, name: str | None, data: bytes, frames: list[bytes]) -> None:
         if self.done:
             return
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            raise UpstreamFailureError(
-                bad_response("the upstream sent a stream event that is not JSON")
-            ) from None
-        if not isinstance(payload, dict):
-            raise UpstreamFailureError(
-                bad_response("the upstream sent a stream event that is not a JSON object")
-            )
+        payload = json_event(data)
         kind = payload.get("type") or name
         if kind == "message_start":
             message = payload.get("message")

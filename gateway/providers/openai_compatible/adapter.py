@@ -22,6 +22,7 @@ from gateway.providers.base import (
     UpstreamFailure,
     UpstreamRequest,
     Usage,
+    encode_body,
 )
 from gateway.providers.openai_compatible import translate
 from translator.registry import Endpoint
@@ -81,7 +82,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
             "POST",
             self.url(body, stream=stream),
             headers,
-            translate.encode_body(self.upstream_body(body, stream=stream)),
+            encode_body(self.upstream_body(body, stream=stream)),
         )
 
     def parse_response(

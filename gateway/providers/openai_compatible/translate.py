@@ -26,12 +26,19 @@ from gateway.providers.base import (
     UpstreamFailureError,
     Usage,
     estimate_prompt_tokens,
-    estimate_text_tokens,
     failure_for_status,
     parse_retry_after,
-    sse_frame,
 )
-from gateway.providers.sse import SseParser, SseProtocolError
+from gateway.providers.chat import (
+    bad_response,
+    client_wants_usage,
+    estimated_usage,
+    feed_sse,
+    json_event,
+    stream_truncated,
+    usage_chunk,
+)
+from gateway.providers.sse import SseParser
 
 _DONE = b"[DONE]"
 
@@ -58,16 +65,6 @@ def build_request_body(
     else:
         out.pop("stream_options", None)
     return out
-
-
-def encode_body(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def client_wants_usage(body: Mapping[str, Any]) -> bool:
-    """Whether the client itself asked for the usage chunk of a stream."""
-    options = body.get("stream_options")
-    return isinstance(options, Mapping) and options.get("include_usage") is True
 
 
 def _int(value: Any) -> int | None:
@@ -99,14 +96,14 @@ def parse_completion(raw: bytes) -> tuple[dict[str, Any], Usage | None]:
     try:
         completion = json.loads(raw)
     except ValueError:
-        raise UpstreamFailureError(_bad_response("the upstream's answer is not JSON")) from None
+        raise UpstreamFailureError(bad_response("the upstream's answer is not JSON")) from None
     if not isinstance(completion, dict):
-        raise UpstreamFailureError(_bad_response("the upstream's answer is not a JSON object"))
+        raise UpstreamFailureError(bad_response("the upstream's answer is not a JSON object"))
     if "error" in completion and "choices" not in completion:
         raise UpstreamFailureError(_error_object_failure(completion["error"], 502))
     if not isinstance(completion.get("choices"), list):
         raise UpstreamFailureError(
-            _bad_response("the upstream's answer is not a chat completion (no 'choices')")
+            bad_response("the upstream's answer is not a chat completion (no 'choices')")
         )
     _stringify_tool_arguments(completion["choices"])
     return completion, parse_usage(completion.get("usage"))
@@ -125,10 +122,6 @@ def _stringify_tool_arguments(choices: list[Any]) -> None:
                 function["arguments"] = json.dumps(
                     {} if arguments is None else arguments, separators=(",", ":")
                 )
-
-
-def _bad_response(message: str) -> UpstreamFailure:
-    return UpstreamFailure(502, BAD_UPSTREAM_RESPONSE, message, True)
 
 
 def error_details(body: bytes) -> tuple[str | None, str | None]:
@@ -280,26 +273,10 @@ class OpenAIStreamTranslator(StreamTranslator):
     def usage(self) -> Usage:
         if self._reported is not None:
             return self._reported
-        return Usage(
-            self._prompt_estimate,
-            max(self._content_chunks, estimate_text_tokens(self._chars)),
-            estimated=True,
-        )
+        return estimated_usage(self._prompt_estimate, self._chars, self._content_chunks)
 
     def feed(self, data: bytes) -> list[bytes]:
-        try:
-            events = self._parser.feed(data)
-        except SseProtocolError as err:
-            raise UpstreamFailureError(_bad_response(str(err))) from None
-        frames: list[bytes] = []
-        try:
-            for event in events:
-                self._event(event.event, event.data, frames)
-        except UpstreamFailureError as err:
-            # Frames that preceded the error in this read are still the answer's.
-            err.frames = frames
-            raise
-        return frames
+        return feed_sse(self._parser, data, self._event)
 
     def finish(self) -> list[bytes]:
         frames: list[bytes] = []
@@ -314,14 +291,7 @@ class OpenAIStreamTranslator(StreamTranslator):
                     raise
         if not self._done:
             if not self._finished_choice:
-                raise UpstreamFailureError(
-                    UpstreamFailure(
-                        502,
-                        "upstream_stream_truncated",
-                        "the upstream's stream ended before the answer was complete",
-                        True,
-                    )
-                )
+                raise stream_truncated()
             # A complete answer (a finish_reason arrived) without `[DONE]`:
             # some servers close without it; end the client's stream properly.
             self._end(frames)
@@ -334,16 +304,7 @@ class OpenAIStreamTranslator(StreamTranslator):
         if payload == _DONE:
             self._end(frames)
             return
-        try:
-            chunk = json.loads(payload)
-        except ValueError:
-            raise UpstreamFailureError(
-                _bad_response("the upstream sent a stream event that is not JSON")
-            ) from None
-        if not isinstance(chunk, dict):
-            raise UpstreamFailureError(
-                _bad_response("the upstream sent a stream event that is not a JSON object")
-            )
+        chunk = json_event(payload)
         if name == "error" or ("error" in chunk and "choices" not in chunk):
             failure = _error_object_failure(chunk.get("error", chunk), 502)
             raise UpstreamFailureError(
@@ -396,15 +357,11 @@ class OpenAIStreamTranslator(StreamTranslator):
         if self._client_wants_usage and self._reported is None:
             # The client asked for a usage chunk the upstream did not send.
             frames.append(
-                sse_frame(
-                    {
-                        "id": self._last_id or "chatcmpl-gateway",
-                        "object": "chat.completion.chunk",
-                        "created": self._last_created or int(time.time()),
-                        "model": self._last_model or "",
-                        "choices": [],
-                        "usage": self.usage.as_openai(),
-                    }
+                usage_chunk(
+                    completion_id=self._last_id or "chatcmpl-gateway",
+                    created=self._last_created or int(time.time()),
+                    model=self._last_model or "",
+                    usage=self.usage,
                 )
             )
         frames.append(DONE_FRAME)

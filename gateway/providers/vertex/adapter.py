@@ -34,6 +34,7 @@ from gateway.providers.base import (
     UpstreamFailure,
     UpstreamRequest,
     Usage,
+    encode_body,
 )
 from gateway.providers.chat import check_model_name
 from gateway.providers.vertex import gemini
@@ -106,7 +107,7 @@ class VertexGeminiAdapter(ProviderAdapter):
         else:
             url = self.site.model_url("google", model, "generateContent")
         headers = {"Content-Type": "application/json", **(await self.site.auth_headers())}
-        return UpstreamRequest("POST", url, headers, gemini.encode_body(payload))
+        return UpstreamRequest("POST", url, headers, encode_body(payload))
 
     def parse_response(
         self, status: int, headers: Mapping[str, str], body: bytes

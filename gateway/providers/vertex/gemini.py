@@ -48,7 +48,11 @@ from gateway.providers.chat import (
     client_wants_usage,
     completion,
     content_parts,
+    count,
+    feed_sse,
+    flush_sse,
     function_tools,
+    json_event,
     json_schema_format,
     max_output_tokens,
     number,
@@ -60,7 +64,7 @@ from gateway.providers.chat import (
     tool_choice,
     unsupported,
 )
-from gateway.providers.sse import SseParser, SseProtocolError
+from gateway.providers.sse import SseParser
 
 FILTERED: Final = frozenset(
     {
@@ -219,18 +223,8 @@ def _contents(turns: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return merged
 
 
-def encode_body(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 # ---------------------------------------------------------------------------
 # Answer.
-
-
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        return 0
-    return int(value)
 
 
 def parse_usage(metadata: Any) -> Usage | None:
@@ -238,9 +232,9 @@ def parse_usage(metadata: Any) -> Usage | None:
     if not isinstance(metadata, Mapping) or "promptTokenCount" not in metadata:
         return None
     return Usage(
-        _count(metadata.get("promptTokenCount")) + _count(metadata.get("toolUsePromptTokenCount")),
-        _count(metadata.get("candidatesTokenCount")) + _count(metadata.get("thoughtsTokenCount")),
-        cache_read_tokens=_count(metadata.get("cachedContentTokenCount")),
+        count(metadata.get("promptTokenCount")) + count(metadata.get("toolUsePromptTokenCount")),
+        count(metadata.get("candidatesTokenCount")) + count(metadata.get("thoughtsTokenCount")),
+        cache_read_tokens=count(metadata.get("cachedContentTokenCount")),
     )
 
 
@@ -460,27 +454,10 @@ class GeminiStreamTranslator(ChunkStreamTranslator):
         )
 
     def feed(self, data: bytes) -> list[bytes]:
-        try:
-            events = self._parser.feed(data)
-        except SseProtocolError as err:
-            raise UpstreamFailureError(bad_response(str(err))) from None
-        frames: list[bytes] = []
-        try:
-            for event in events:
-                self._event(event.data, frames)
-        except UpstreamFailureError as err:
-            err.frames = frames
-            raise
-        return frames
+        return feed_sse(self._parser, data, self._event)
 
     def finish(self) -> list[bytes]:
-        frames: list[bytes] = []
-        try:
-            for event in self._parser.flush():
-                self._event(event.data, frames)
-        except UpstreamFailureError as err:
-            err.frames = frames
-            raise
+        frames = flush_sse(self._parser, self._event)
         if self.finish_reason is None:
             if self._pending_reason is None:
                 raise self.truncated()
@@ -490,17 +467,8 @@ class GeminiStreamTranslator(ChunkStreamTranslator):
         self.end(frames)
         return frames
 
-    def _event(self, data: bytes, frames: list[bytes]) -> None:
-        try:
-            response = json.loads(data)
-        except ValueError:
-            raise UpstreamFailureError(
-                bad_response("the upstream sent a stream event that is not JSON")
-            ) from None
-        if not isinstance(response, dict):
-            raise UpstreamFailureError(
-                bad_response("the upstream sent a stream event that is not a JSON object")
-            )
+    def _event(self, _name: str | None, data: bytes, frames: list[bytes]) -> None:
+        response = json_event(data)
         if "error" in response:
             raise UpstreamFailureError(error_object_failure(response, redact=self.redact))
         if not self._id_set and isinstance(response.get("responseId"), str):
