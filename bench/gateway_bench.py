@@ -208,15 +208,20 @@ async def run(args: argparse.Namespace) -> int:
                 line += f", TTFT {g['ttft_p50_ms'] - d['ttft_p50_ms']:.2f} ms"
             print(line)
         # Moderate load: one request at a time, the latency a single caller sees.
-        for label, url, headers in (("direct", direct, auth_direct), ("gateway", via, auth_gw)):
-            r = await load(url, headers, stream=False, seconds=args.seconds / 2, concurrency=1)
-            results[f"serial-{label}"] = r
-            show(f"json serial {label}", r)
-        d, g = results["serial-direct"], results["serial-gateway"]
-        print(
-            f"  serial: gateway adds p50 {g['p50_ms'] - d['p50_ms']:.2f} ms, "
-            f"p99 {g['p99_ms'] - d['p99_ms']:.2f} ms"
-        )
+        for stream in (False, True):
+            kind = "stream" if stream else "json"
+            for label, url, headers in (("direct", direct, auth_direct), ("gateway", via, auth_gw)):
+                r = await load(url, headers, stream=stream, seconds=args.seconds / 2, concurrency=1)
+                results[f"serial-{kind}-{label}"] = r
+                show(f"{kind} serial {label}", r)
+            d, g = results[f"serial-{kind}-direct"], results[f"serial-{kind}-gateway"]
+            line = (
+                f"  serial {kind}: gateway adds p50 {g['p50_ms'] - d['p50_ms']:.2f} ms, "
+                f"p99 {g['p99_ms'] - d['p99_ms']:.2f} ms"
+            )
+            if stream:
+                line += f", TTFT {g['ttft_p50_ms'] - d['ttft_p50_ms']:.2f} ms"
+            print(line)
         if args.soak:
             before = rss_kib(gateway.pid)
             samples = []
