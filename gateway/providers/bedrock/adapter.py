@@ -39,6 +39,7 @@ from gateway.providers.base import (
     UpstreamFailureError,
     UpstreamRequest,
     Usage,
+    encode_body,
     header,
 )
 from gateway.providers.bedrock import translate
@@ -202,7 +203,7 @@ class BedrockAdapter(ProviderAdapter):
                 "no model: the endpoint names none and the request gives none"
             )
         try:
-            payload = translate.encode_body(translate.build_converse_request(body))
+            payload = encode_body(translate.build_converse_request(body))
         except translate.RequestError as err:
             raise translate.invalid_request(str(err)) from None
         creds = await self._credentials()

@@ -30,7 +30,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from gateway.providers.base import (
-    BAD_UPSTREAM_RESPONSE,
     DONE_FRAME,
     MAX_ERROR_MESSAGE,
     StreamTranslator,
@@ -38,7 +37,6 @@ from gateway.providers.base import (
     UpstreamFailureError,
     Usage,
     estimate_prompt_tokens,
-    estimate_text_tokens,
     header,
     parse_retry_after,
     sse_frame,
@@ -47,6 +45,14 @@ from gateway.providers.bedrock.eventstream import (
     EventStreamDecoder,
     EventStreamError,
     EventStreamMessage,
+)
+from gateway.providers.chat import (
+    bad_response,
+    client_wants_usage,
+    estimated_usage,
+    json_event,
+    stream_truncated,
+    usage_chunk,
 )
 
 # Converse stopReason -> OpenAI finish_reason.
@@ -394,10 +400,6 @@ def _output_config(response_format: Any) -> dict[str, Any] | None:
     raise RequestError(f"Bedrock does not support response_format type '{kind}'; use json_schema")
 
 
-def encode_body(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 # ---------------------------------------------------------------------------
 # Answers
 
@@ -430,10 +432,6 @@ def completion_id(request_id: str | None = None) -> str:
     return f"chatcmpl-{request_id or uuid.uuid4().hex}"
 
 
-def _bad_response(message: str) -> UpstreamFailure:
-    return UpstreamFailure(502, BAD_UPSTREAM_RESPONSE, message, True)
-
-
 def parse_converse(
     raw: bytes, *, model: str | None, request_id: str | None = None
 ) -> tuple[dict[str, Any], Usage | None]:
@@ -441,13 +439,13 @@ def parse_converse(
     try:
         answer = json.loads(raw)
     except ValueError:
-        raise UpstreamFailureError(_bad_response("the upstream's answer is not JSON")) from None
+        raise UpstreamFailureError(bad_response("the upstream's answer is not JSON")) from None
     output = answer.get("output") if isinstance(answer, dict) else None
     message = output.get("message") if isinstance(output, dict) else None
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, list):
         raise UpstreamFailureError(
-            _bad_response("the upstream's answer is not a Converse response (no output.message)")
+            bad_response("the upstream's answer is not a Converse response (no output.message)")
         )
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
@@ -681,17 +679,13 @@ class ConverseStreamTranslator(StreamTranslator):
     def usage(self) -> Usage:
         if self._reported is not None:
             return self._reported
-        return Usage(
-            self._prompt_estimate,
-            max(self._deltas, estimate_text_tokens(self._chars)),
-            estimated=True,
-        )
+        return estimated_usage(self._prompt_estimate, self._chars, self._deltas)
 
     def feed(self, data: bytes) -> list[bytes]:
         try:
             messages = self._decoder.feed(data)
         except EventStreamError as err:
-            raise UpstreamFailureError(_bad_response(f"malformed Bedrock stream: {err}")) from None
+            raise UpstreamFailureError(bad_response(f"malformed Bedrock stream: {err}")) from None
         frames: list[bytes] = []
         try:
             for message in messages:
@@ -705,38 +699,30 @@ class ConverseStreamTranslator(StreamTranslator):
         if self._done:
             return []
         if not self._stopped or self._decoder.pending:
-            raise UpstreamFailureError(
-                UpstreamFailure(
-                    502,
-                    "upstream_stream_truncated",
-                    "the upstream's stream ended before the answer was complete",
-                    True,
-                )
-            )
+            raise stream_truncated()
         frames: list[bytes] = []
         if self._client_wants_usage and self._reported is None:
-            frames.append(self._chunk([], usage=self.usage.as_openai()))
+            frames.append(self._usage_chunk(self.usage))
         frames.append(DONE_FRAME)
         self._done = True
         return frames
 
-    def _chunk(
-        self, choices: list[dict[str, Any]], *, usage: dict[str, Any] | None = None
-    ) -> bytes:
-        chunk: dict[str, Any] = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": choices,
-        }
-        if usage is not None:
-            chunk["usage"] = usage
-        return sse_frame(chunk)
+    def _usage_chunk(self, usage: Usage) -> bytes:
+        return usage_chunk(
+            completion_id=self._id, created=self._created, model=self._model, usage=usage
+        )
 
     def _delta(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return self._chunk(
-            [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+        return sse_frame(
+            {
+                "id": self._id,
+                "object": "chat.completion.chunk",
+                "created": self._created,
+                "model": self._model,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
         )
 
     def _message(self, message: EventStreamMessage, frames: list[bytes]) -> None:
@@ -760,16 +746,7 @@ class ConverseStreamTranslator(StreamTranslator):
         if kind != "event":
             return  # unknown message types are ignored, as AWS SDKs do
         event = message.header(":event-type")
-        try:
-            payload = json.loads(message.payload) if message.payload else {}
-        except ValueError:
-            raise UpstreamFailureError(
-                _bad_response("the upstream sent a stream event that is not JSON")
-            ) from None
-        if not isinstance(payload, dict):
-            raise UpstreamFailureError(
-                _bad_response("the upstream sent a stream event that is not a JSON object")
-            )
+        payload = json_event(message.payload) if message.payload else {}
         if event == "messageStart":
             self._started = True
             frames.append(self._delta({"role": "assistant", "content": ""}))
@@ -785,7 +762,7 @@ class ConverseStreamTranslator(StreamTranslator):
             if usage is not None:
                 self._reported = usage
                 if self._client_wants_usage:
-                    frames.append(self._chunk([], usage=usage.as_openai()))
+                    frames.append(self._usage_chunk(usage))
         # contentBlockStop and events added later carry nothing for the client.
 
     def _block_start(self, payload: dict[str, Any], frames: list[bytes]) -> None:
@@ -828,7 +805,7 @@ class ConverseStreamTranslator(StreamTranslator):
             index = self._tool_index.get(block)
             if index is None:
                 raise UpstreamFailureError(
-                    _bad_response("the upstream sent tool input for a block it did not start")
+                    bad_response("the upstream sent tool input for a block it did not start")
                 )
             self._chars += len(use["input"])
             self._deltas += 1
@@ -843,10 +820,9 @@ class ConverseStreamTranslator(StreamTranslator):
 def stream_translator(
     body: Mapping[str, Any], *, model: str | None, redact: Callable[[str], str]
 ) -> ConverseStreamTranslator:
-    options = body.get("stream_options")
     return ConverseStreamTranslator(
         model=model,
         prompt_tokens_estimate=estimate_prompt_tokens(body),
-        client_wants_usage=isinstance(options, Mapping) and options.get("include_usage") is True,
+        client_wants_usage=client_wants_usage(body),
         redact=redact,
     )
