@@ -301,6 +301,25 @@ def test_json_schema_response_format_becomes_output_config() -> None:
             },
             "base64 data URLs",
         ),
+        *(
+            (
+                {
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {
+                                    "type": "image_url",
+                                    "image_url": {"url": f"data:image/png;base64,{data}"},
+                                }
+                            ],
+                        }
+                    ]
+                },
+                "not valid base64",
+            )
+            for data in ("not base64!", "aGVsbG8=é")  # the second is not even ASCII
+        ),
         ({"response_format": {"type": "json_object"}}, "json_schema"),
         ({"max_tokens": 0}, "positive integer"),
     ],

@@ -21,7 +21,6 @@ events mid-stream, are classified for the client and for failover.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 import time
@@ -176,7 +175,7 @@ def _image_block(part: Mapping[str, Any]) -> dict[str, Any]:
     data = match.group(2).strip()
     try:
         base64.b64decode(data, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or non-ASCII text
         raise RequestError("an image data URL is not valid base64") from None
     # Blobs travel base64-encoded in Bedrock's JSON protocol.
     return {"image": {"format": fmt, "source": {"bytes": data}}}
