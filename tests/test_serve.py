@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -157,6 +158,13 @@ def test_serve_supervises_its_opa_sidecar_and_stops_it(tmp_path: Path, opa_bin: 
             cmdline = fh.read().split(b"\0")
         assert cmdline[1:3] == [b"run", b"--server"]
         assert cmdline[4].startswith(b"127.0.0.1:")  # loopback only
+        # A malformed request: aiohttp would log its raw header bytes, key included.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            raw.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                + f"Authorization: Bearer {key}\nbroken\r\n\r\n".encode()
+            )
+            assert raw.recv(100).startswith(b"HTTP/1.0 400 Bad Request")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -165,3 +173,7 @@ def test_serve_supervises_its_opa_sidecar_and_stops_it(tmp_path: Path, opa_bin: 
     assert not Path(f"/proc/{opa_pid}").exists()  # the sidecar went with it
     records = request_records(str(workdir / "audit"))  # shipped at shutdown
     assert [(r["status"], r["tenant"]) for r in records] == [(403, "demo")]
+    served = (workdir / "serve.log").read_text()
+    assert "malformed HTTP request (BadHttpMessage 400)" in served
+    assert key not in served
+    assert key.split("_")[2] not in served  # not even the secret part
