@@ -200,6 +200,13 @@ def verify(
 @click.option("--since", default=None, help="Start: a time or a duration ago (2h, 7d).")
 @click.option("--until", default=None, help="End: a time or a duration ago.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option(
+    "--grace",
+    default="0s",
+    show_default=True,
+    help="Report unmatched decisions younger than this (e.g. 2m) as pending, not missing: "
+    "OPA ships its events a moment after the decision.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a tty).")
 def reconcile(
     *,
@@ -211,10 +218,18 @@ def reconcile(
     since: str | None,
     until: str | None,
     fmt: str,
+    grace: str,
     progress: bool | None,
 ) -> None:
     """List gateway records with no OPA decision event, and OPA events with no record."""
     start, end = parse_when(since), parse_when(until)
+    grace_match = _DURATION.match(grace.strip())
+    if grace_match is None:
+        raise click.BadParameter(
+            f"{grace!r}: expected a duration such as 90s or 2m", param_hint="--grace"
+        )
+    grace_s = float(grace_match.group(1)) * _UNITS[grace_match.group(2)]
+    settled_before = datetime.now(UTC) - timedelta(seconds=grace_s) if grace_s else None
     objects = _open(
         source=source,
         config_file=config_file,
@@ -248,6 +263,16 @@ def reconcile(
          for d, e in events.items() if d not in records),
         key=lambda row: str(row["timestamp"]),
     )  # fmt: skip
+    pending: list[dict[str, Any]] = []
+    if settled_before is not None:
+        # Too recent to judge: the counterpart may still be on its way.
+        def recent(row: dict[str, Any]) -> bool:
+            moment = _parse_ts(row.get("timestamp"))
+            return moment is not None and moment >= settled_before
+
+        pending = [row for row in (*no_event, *no_record) if recent(row)]
+        no_event = [row for row in no_event if not recent(row)]
+        no_record = [row for row in no_record if not recent(row)]
     if fmt == "json":
         click.echo(
             json.dumps(
@@ -256,6 +281,7 @@ def reconcile(
                     "events": len(events),
                     "records_without_event": no_event,
                     "events_without_record": no_record,
+                    "pending": pending,
                 },
                 indent=2,
             )
@@ -271,8 +297,20 @@ def reconcile(
         click.echo(f"OPA events without a gateway record: {len(no_record)}")
         for row in no_record:
             click.echo(f"  {row['timestamp']}  decision {row['decision_id']}  {row['path']}")
+        if pending:
+            click.echo(f"pending (younger than --grace {grace}): {len(pending)}")
     if no_event or no_record:
         sys.exit(1)
+
+
+def _parse_ts(raw: Any) -> datetime | None:
+    if not isinstance(raw, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _status_filter(spec: str | None) -> Callable[[int], bool]:

@@ -167,6 +167,21 @@ async def test_decision_events_are_spooled_beside_records(tmp_path: Path) -> Non
     report = json.loads(result.output)
     assert [r["decision_id"] for r in report["records_without_event"]] == ["dec-0003"]
     assert [e["decision_id"] for e in report["events_without_record"]] == ["dec-0002"]
+    assert report["pending"] == []
+    # Both are recent: with a grace period they are pending, not missing.
+    result = CliRunner().invoke(
+        main,
+        ["audit", "reconcile", str(tmp_path / "audit"), "--format", "json", "--grace", "1h"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["records_without_event"] == report["events_without_record"] == []
+    assert sorted(row["decision_id"] for row in report["pending"]) == ["dec-0002", "dec-0003"]
+    result = CliRunner().invoke(
+        main, ["audit", "reconcile", str(tmp_path / "audit"), "--grace", "soon"]
+    )
+    assert result.exit_code == 2
+    assert "expected a duration such as 90s or 2m" in result.output
 
 
 def test_prompt_hash_is_a_salted_hmac_of_canonical_messages(tmp_path: Path) -> None:
