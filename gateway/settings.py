@@ -83,6 +83,8 @@ class Settings:
     otlp_endpoint: str | None = None  # base URL, e.g. http://otel-collector:4318
     otlp_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     metrics_interval_s: float | None = None  # None: OTEL_METRIC_EXPORT_INTERVAL, else 60
+    # Traces to the same OTLP endpoint (/v1/traces). None: as `metrics`.
+    traces: bool | None = None
 
     def data_class_rank(self, name: str) -> int:
         return self.data_classes.index(name)
@@ -239,6 +241,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "otlp_endpoint": _opt_str,
     "otlp_headers": _str_map,
     "metrics_interval_s": lambda v, w: None if v in (None, "") else _positive(v, w),
+    "traces": lambda v, w: None if v in (None, "") else _bool(v, w),
 }
 
 
