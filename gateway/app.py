@@ -60,6 +60,7 @@ from observability.metrics import (
     resolve_metrics_config,
 )
 from observability.pipeline import AuditConfigError, AuditPipeline
+from observability.tracing import GatewayTracing, TracingConfigError, resolve_tracing_config
 from translator.opa import find_opa
 from translator.registry import Registry
 
@@ -80,6 +81,8 @@ OBSERVERS = web.AppKey("observers", list)
 # OpenTelemetry metrics; always present (disabled: observe() does nothing), so
 # that e.g. the audit spool can register its gauges (observability/metrics.py).
 METRICS = web.AppKey("metrics", GatewayMetrics)
+# OpenTelemetry traces; always present (disabled: no tracer, no spans).
+TRACING = web.AppKey("tracing", GatewayTracing)
 
 CHAT_PATHS = frozenset({"/v1/route", "/v1/chat/completions"})
 # Status recorded when the client goes away before the answer is complete.
@@ -118,8 +121,11 @@ def create_app(
     *,
     environ: Mapping[str, str] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    tracing: GatewayTracing | None = None,
 ) -> web.Application:
-    """Build the gateway. Configuration problems raise StartupError here, not later."""
+    """Build the gateway. Configuration problems raise StartupError here, not later.
+
+    `tracing` replaces the one the settings describe (tests: in-memory spans)."""
     registry, compiled = load_policy(settings)
     keys = None
     if settings.keys and (Path(settings.keys).exists() or settings.jwt is None):
@@ -138,6 +144,8 @@ def create_app(
         except ProviderConfigError as err:
             if not settings.allow_unconfigured_endpoints:
                 raise StartupError(f"endpoint registry: {err}") from err
+    if tracing is None:
+        tracing = _tracing(settings, environ)
     forwarder = Forwarder.from_registry(
         registry,
         adapters=adapters,
@@ -145,6 +153,7 @@ def create_app(
         skip_unavailable=True,
         breaker=BreakerPolicy(settings.breaker_failures, settings.breaker_cooldown_s),
         clock=clock,
+        tracer=tracing.tracer,
     )
 
     app = web.Application(
@@ -164,6 +173,7 @@ def create_app(
     app[METRICS] = _metrics(settings, environ)
     app[METRICS].watch_breakers(forwarder)
     app[OBSERVERS].append(app[METRICS].observe)
+    app[TRACING] = tracing
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.extend([_audit_ctx, _policy_ctx, _forwarder_ctx, _auth_ctx])
     app.router.add_post("/v1/route", chat_completions)
@@ -190,10 +200,27 @@ def _metrics(settings: Settings, environ: Mapping[str, str] | None) -> GatewayMe
     return GatewayMetrics.from_config(config)
 
 
+def _tracing(settings: Settings, environ: Mapping[str, str] | None) -> GatewayTracing:
+    try:
+        config = resolve_tracing_config(
+            enabled=settings.traces,
+            metrics=settings.metrics,
+            endpoint=settings.otlp_endpoint,
+            headers=settings.otlp_headers,
+            environ=environ,
+        )
+    except TracingConfigError as err:
+        raise StartupError(f"traces: {err}") from err
+    if config is not None:
+        log.info("traces: OTLP/HTTP to %s", config.endpoint)
+    return GatewayTracing.from_config(config)
+
+
 async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
-    # The last export does network I/O: not on the event loop.
+    # The last exports do network I/O: not on the event loop.
     await asyncio.to_thread(app[METRICS].shutdown)
+    await asyncio.to_thread(app[TRACING].shutdown)
 
 
 async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -226,7 +253,7 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         await sidecar.start()
         url = sidecar.url
-    client = PolicyClient(url, settings.opa_timeout_ms)
+    client = PolicyClient(url, settings.opa_timeout_ms, tracer=app[TRACING].tracer)
     await client.start()
     app[POLICY] = client
     try:
@@ -266,10 +293,12 @@ async def _request_middleware(request: web.Request, handler: Handler) -> web.Str
     request_id = "req-" + uuid.uuid4().hex
     request[_REQUEST_ID] = request_id
     record: AuditRecord | None = None
+    span = None
     started = time.perf_counter()
     if request.path in CHAT_PATHS and request.method == "POST":
         record = AuditRecord(request_id=request_id, timestamp=utc_now(), path=request.path)
         request[_RECORD] = record
+        span = request.app[TRACING].start_request("POST", request.path, request.headers, request_id)
     try:
         try:
             response = await handler(request)
@@ -315,6 +344,8 @@ async def _request_middleware(request: web.Request, handler: Handler) -> web.Str
                     observe(record)
                 except Exception:
                     log.exception("observer %r failed for request %s", observe, request_id)
+            if span is not None:
+                span.finish(record)
 
 
 def _from_http_exception(exc: web.HTTPException) -> GatewayError:

@@ -17,8 +17,10 @@ from urllib.parse import urlsplit
 import aiohttp
 from opa_client.errors import ConnectionsError
 from opa_client.opa_async import AsyncOpaClient
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from gateway.errors import PolicyUnavailableError
+from observability.metrics import rule_label
 
 DECISION_PACKAGE = "kamiwaza/route"
 DECISION_RULE = "decision"
@@ -79,12 +81,13 @@ def parse_decision(doc: dict[str, Any], decision_id: str | None, elapsed_ms: flo
 class PolicyClient:
     """Queries OPA for routing decisions over one long-lived session."""
 
-    def __init__(self, url: str, timeout_ms: int) -> None:
+    def __init__(self, url: str, timeout_ms: int, *, tracer: Tracer | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"OPA URL must be http(s)://host:port, got {url!r}")
         self.url = url
         self.timeout = timeout_ms / 1000
+        self.tracer = tracer  # None: no spans (observability/tracing.py)
         # No retries: a retry would blow the latency budget; failing closed is the point.
         self._client = AsyncOpaClient(
             host=parts.hostname,
@@ -104,6 +107,31 @@ class PolicyClient:
         return bool(await self._client.check_health())
 
     async def decide(self, input_doc: dict[str, Any]) -> Decision:
+        if self.tracer is None:
+            return await self._decide(input_doc)
+        with self.tracer.start_as_current_span(
+            "kamiwaza.policy.decide",
+            kind=SpanKind.CLIENT,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                decision = await self._decide(input_doc)
+            except PolicyUnavailableError as err:
+                span.set_attribute("error.type", err.code)
+                span.set_status(Status(StatusCode.ERROR, err.code))
+                raise
+            span.set_attributes(
+                {
+                    "kamiwaza.decision_id": decision.decision_id or "none",
+                    "kamiwaza.rule": rule_label(decision.rule, decision.overridden_by),
+                    "kamiwaza.route_to": decision.route_to or "none",
+                    "kamiwaza.decision": "deny" if decision.deny else "route",
+                }
+            )
+            return decision
+
+    async def _decide(self, input_doc: dict[str, Any]) -> Decision:
         start = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):

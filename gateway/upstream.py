@@ -36,6 +36,7 @@ from typing import Any, Final, Literal
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from gateway.errors import UpstreamError
 from gateway.providers.base import (
@@ -59,6 +60,7 @@ from gateway.providers.base import (
     estimate_completion_usage,
     estimate_prompt_tokens,
 )
+from observability.tracing import TRACE_HEADERS, W3C
 from translator.registry import Endpoint, Registry
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,9 @@ NEVER_FROM_CLIENT: Final = frozenset(
         "content-encoding",
         "accept-encoding",
         "x-request-id",
+        # Trace context: the gateway sends its own attempt span's (tracing on)
+        # and continues the client's in its server span, never forwards it.
+        *TRACE_HEADERS,
     }
 )
 DEFAULT_CLIENT_HEADERS: Final = ("user-agent",)
@@ -347,6 +352,7 @@ class Forwarder:
         pool_limit: int = 256,
         keepalive_s: float = 4.0,
         max_response_bytes: int = 32 * 1024 * 1024,
+        tracer: Tracer | None = None,
     ) -> None:
         """
         `adapters` replaces adapter_for() per endpoint name (tests, custom
@@ -355,7 +361,8 @@ class Forwarder:
         recorded in `unavailable` instead of failing startup; routes to it record
         an "endpoint_unavailable" attempt and fail over. `keepalive_s` stays
         below the usual 5 s server keep-alive (uvicorn, i.e. vLLM) so that a
-        pooled connection is not reused just as the server closes it.
+        pooled connection is not reused just as the server closes it. With a
+        `tracer`, each attempt is a span whose W3C context goes upstream.
         """
         allowed = frozenset(h.lower() for h in client_headers)
         if bad := sorted(allowed & (NEVER_FROM_CLIENT | HOP_BY_HOP)):
@@ -368,6 +375,7 @@ class Forwarder:
         self._pool_limit = pool_limit
         self._keepalive_s = keepalive_s
         self._max_response_bytes = max_response_bytes
+        self._tracer = tracer
         self._targets: dict[str, _Target] = {}
         self.unavailable: dict[str, str] = {}
         for endpoint in endpoints:
@@ -530,7 +538,11 @@ class Forwarder:
         for target in self._candidates(route, trace):
             attempt_start = time.perf_counter()
             try:
-                outcome, status = await once(target, started)
+                outcome, status = await (
+                    once(target, started)
+                    if self._tracer is None
+                    else self._traced(self._tracer, once, target, started)
+                )
             except _ClientGone as gone:
                 # The upstream was serving fine; the client left.
                 target.breaker.success()
@@ -568,6 +580,39 @@ class Forwarder:
             if not outcome.retryable:
                 break
         raise self._final_error(last, trace, route)
+
+    @staticmethod
+    async def _traced(
+        tracer: Tracer,
+        once: Callable[[_Target, float], Awaitable[_Outcome]],
+        target: _Target,
+        started: float,
+    ) -> _Outcome:
+        """One attempt inside its span (current, so that _headers injects it)."""
+        with tracer.start_as_current_span(
+            "kamiwaza.upstream.attempt",
+            kind=SpanKind.CLIENT,
+            attributes={"kamiwaza.endpoint": target.endpoint.name},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                outcome, status = await once(target, started)
+            except _ClientGone:
+                span.set_attribute("kamiwaza.outcome", CLIENT_DISCONNECTED)
+                raise
+            except BaseException as exc:
+                code = "cancelled" if isinstance(exc, asyncio.CancelledError) else "aborted"
+                span.set_attribute("kamiwaza.outcome", code)
+                raise
+            failure = outcome.stream_error if isinstance(outcome, _Success) else outcome
+            span.set_attribute("kamiwaza.outcome", failure.code if failure else "ok")
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+            if failure is not None:
+                span.set_attribute("error.type", failure.code)
+                span.set_status(Status(StatusCode.ERROR, failure.code))
+            return outcome, status
 
     def _candidates(self, route: Sequence[str], trace: ForwardTrace) -> Iterator[_Target]:
         if not self._started:
@@ -700,6 +745,8 @@ class Forwarder:
         else:
             headers["Accept"] = "application/json"
         headers["X-Request-Id"] = request_id
+        if self._tracer is not None:
+            W3C.inject(headers)  # the current attempt span's traceparent/tracestate
         # The adapter's own headers (credential, content type) win over all else.
         headers.update(adapter_headers)
         return headers

@@ -15,6 +15,7 @@ from gateway.app import AUDIT, create_app
 from gateway.auth import KeyStore
 from gateway.settings import load_settings
 from observability.audit_reader import request_records
+from observability.tracing import GatewayTracing
 from tests.fake_upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +94,7 @@ async def start_gateway(
     opa_url: str | None = None,
     settings_overrides: dict[str, Any] | None = None,
     first_token_ms: int = 2000,
+    tracing: GatewayTracing | None = None,
 ) -> Gateway:
     upstreams = {}
     for name in ENDPOINT_NAMES:
@@ -130,7 +132,7 @@ async def start_gateway(
         environ={},
     )
     environ = {name.upper().replace("-", "_") + "_TOKEN": token_of(name) for name in ENDPOINT_NAMES}
-    app = create_app(settings, environ=environ)
+    app = create_app(settings, environ=environ, tracing=tracing)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     return Gateway(app, server, upstreams, keys, audit_dir, workdir)
