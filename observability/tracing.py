@@ -73,8 +73,11 @@ def resolve_tracing_config(
     """Merge our settings with the standard OTEL_* variables; None: traces are off.
 
     - on/off: `enabled` (the `traces` setting) when set; else off with
-      OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none; else `metrics` when
-      set; else on when an OTLP endpoint is configured (as for metrics).
+      OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none; else on only when
+      traces are asked for explicitly (OTEL_TRACES_EXPORTER=otlp or
+      OTEL_EXPORTER_OTLP_TRACES_ENDPOINT). Unlike metrics they do not follow a
+      bare OTLP endpoint: the documented metrics path goes straight to
+      Prometheus, which takes no traces.
     - endpoint: ours (a base URL; /v1/traces is appended unless present), else
       OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is), else
       OTEL_EXPORTER_OTLP_ENDPOINT (+ /v1/traces), else localhost:4318.
@@ -90,12 +93,7 @@ def resolve_tracing_config(
     if enabled is None:
         disabled = (env.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true"
         exporter = (env.get("OTEL_TRACES_EXPORTER") or "").strip().lower()
-        if disabled or exporter == "none":
-            enabled = False
-        elif metrics is not None:
-            enabled = metrics
-        else:
-            enabled = bool(endpoint or signal_url or base_url)
+        enabled = not disabled and (exporter == "otlp" or bool(signal_url))
     if not enabled:
         return None
     protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(

@@ -262,13 +262,24 @@ def resolve(env: dict[str, str], **kwargs: Any) -> TracingConfig | None:
     return resolve_tracing_config(**args, environ=env)
 
 
-def test_traces_follow_the_metrics_switch() -> None:
+def test_traces_are_opt_in() -> None:
+    # Metrics alone (often straight to Prometheus, which takes no traces) do not
+    # turn traces on; an explicit switch does.
     assert resolve({}) is None
-    assert resolve({}, metrics=True) == TracingConfig("http://localhost:4318/v1/traces")
-    assert resolve({}, metrics=False, endpoint="http://c:4318") is None
-    assert resolve({}, endpoint="http://c:4318") == TracingConfig("http://c:4318/v1/traces")
+    assert resolve({}, metrics=True) is None
+    assert resolve({}, endpoint="http://c:4318") is None
+    assert resolve({}, enabled=True) == TracingConfig("http://localhost:4318/v1/traces")
+    assert resolve({}, enabled=True, endpoint="http://c:4318") == TracingConfig(
+        "http://c:4318/v1/traces"
+    )
+    assert resolve({"OTEL_TRACES_EXPORTER": "otlp"}, endpoint="http://c:4318") == TracingConfig(
+        "http://c:4318/v1/traces"
+    )
+    assert resolve({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:4318/v1/traces"}) == (
+        TracingConfig("http://t:4318/v1/traces")
+    )
     # Our own `traces` setting wins over everything.
-    assert resolve({}, enabled=False, metrics=True) is None
+    assert resolve({"OTEL_TRACES_EXPORTER": "otlp"}, enabled=False) is None
     assert resolve({"OTEL_SDK_DISABLED": "true"}, enabled=True) is not None
 
 
@@ -287,6 +298,7 @@ def test_otel_switches_turn_traces_off(env: dict[str, str]) -> None:
 def test_otel_variables_and_our_settings() -> None:
     config = resolve(
         {
+            "OTEL_TRACES_EXPORTER": "otlp",
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/",
             "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20abc,x-tenant=ops",
         }
@@ -308,6 +320,7 @@ def test_otel_variables_and_our_settings() -> None:
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
             "OTEL_EXPORTER_OTLP_HEADERS": "a=e",
         },
+        enabled=True,
         endpoint="http://otel:4318/",
         headers={"b": "ours"},
     )
@@ -336,7 +349,7 @@ async def test_spans_are_exported_over_otlp_http_with_the_configured_headers() -
     try:
         config = resolve(
             {"OTEL_EXPORTER_OTLP_HEADERS": "x-scope=ops"},
-            metrics=True,
+            enabled=True,
             endpoint=f"http://127.0.0.1:{port}/otlp",
         )
         tracing = GatewayTracing.from_config(config)
