@@ -567,10 +567,30 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """`GET /v1/models`: the models of the registry's endpoints, for an authenticated caller."""
-    await request.app[AUTHENTICATOR].authenticate(request.headers)
+    """`GET /v1/models`: the models of the endpoints this caller may be routed to.
+
+    An endpoint is left out when the guards refuse it for the caller's effective
+    data class (e.g. a tenant whose floor is pii-restricted sees only in-VPC
+    endpoints) or when the gateway cannot reach it (no adapter or credential).
+    """
+    app = request.app
+    identity = await app[AUTHENTICATOR].authenticate(request.headers)
+    meta = resolve_metadata(identity, request.headers, {}, app[SETTINGS])
+    refused = await app[POLICY].refused_endpoints(
+        opa_input(
+            identity,
+            meta,
+            model=None,
+            request_id=request[_REQUEST_ID],
+            path=request.path,
+            stream=False,
+        )
+    )
+    unavailable = app[FORWARDER].unavailable
     seen: dict[str, dict[str, Any]] = {}
-    for name, endpoint in sorted(request.app[REGISTRY].endpoints.items()):
+    for name, endpoint in sorted(app[REGISTRY].endpoints.items()):
+        if name in refused or name in unavailable:
+            continue
         model_id = endpoint.model or name
         seen.setdefault(
             model_id,

@@ -24,6 +24,8 @@ from observability.metrics import rule_label
 
 DECISION_PACKAGE = "kamiwaza/route"
 DECISION_RULE = "decision"
+GUARDS_PACKAGE = "kamiwaza/guards"
+GUARDS_RULE = "refusals"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +133,11 @@ class PolicyClient:
             )
             return decision
 
-    async def _decide(self, input_doc: dict[str, Any]) -> Decision:
-        start = time.perf_counter()
+    async def _query(self, input_doc: dict[str, Any], package: str, rule: str) -> Any:
+        """One OPA query, every failure mapped to PolicyUnavailableError (fail closed)."""
         try:
             async with asyncio.timeout(self.timeout):
-                answer = await self._client.query_rule(input_doc, DECISION_PACKAGE, DECISION_RULE)
+                return await self._client.query_rule(input_doc, package, rule)
         except TimeoutError as err:
             raise PolicyUnavailableError(
                 f"OPA did not answer within {self.timeout * 1000:.0f} ms; refusing to route",
@@ -146,6 +148,21 @@ class PolicyClient:
                 f"OPA is unreachable ({type(err).__name__}); refusing to route",
                 code="policy_unreachable",
             ) from err
+
+    async def refused_endpoints(self, input_doc: dict[str, Any]) -> frozenset[str]:
+        """Endpoints the guards refuse for this caller (`data.kamiwaza.guards.refusals`)."""
+        answer = await self._query(input_doc, GUARDS_PACKAGE, GUARDS_RULE)
+        result = answer.get("result", {}) if isinstance(answer, dict) else None
+        if not isinstance(result, dict):
+            raise PolicyUnavailableError(
+                "OPA answered the guards query without an object; refusing to list",
+                code="policy_malformed",
+            )
+        return frozenset(result)
+
+    async def _decide(self, input_doc: dict[str, Any]) -> Decision:
+        start = time.perf_counter()
+        answer = await self._query(input_doc, DECISION_PACKAGE, DECISION_RULE)
         elapsed_ms = (time.perf_counter() - start) * 1000
         result = answer.get("result") if isinstance(answer, dict) else None
         if not isinstance(result, dict):

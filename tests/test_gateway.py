@@ -399,6 +399,21 @@ async def test_models_health_and_readiness(gw: Gateway) -> None:
         "model-of-private-gpu",
         "model-of-private-gpu-b",
     ]
+    # What the caller may use: a PII tenant (floor) or a PII request sees only
+    # the in-VPC endpoints the guards allow.
+    for sdk, headers in (
+        (client(gw, "hospital"), {}),
+        (client(gw), {"X-Data-Class": "pii-restricted"}),
+    ):
+        models = await sdk.models.list(extra_headers=headers)
+        assert sorted(m.id for m in models.data) == [
+            "model-of-private-gpu",
+            "model-of-private-gpu-b",
+        ]
+    # No unauthenticated listing.
+    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="nope", max_retries=0) as anon:
+        with pytest.raises(openai.AuthenticationError):
+            await anon.models.list()
     async with aiohttp.ClientSession() as http:
         async with http.get(gw.url("/healthz")) as r:
             assert (r.status, await r.json()) == (200, {"status": "ok"})
