@@ -10,14 +10,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
 
 log = logging.getLogger(__name__)
+
+
+def _with_parent_death_signal(args: list[str]) -> list[str]:
+    """`args` wrapped so that Linux SIGTERMs the sidecar when the gateway dies.
+
+    A gateway killed hard (SIGKILL, OOM) cannot stop its sidecar, and an orphaned
+    OPA would keep its port and answer nobody. util-linux's `setpriv` sets the
+    parent-death signal and execs OPA (the setting survives exec); a
+    `preexec_fn` would do the same but can deadlock the fork in a process that
+    already runs threads. The signal is tied to the forking thread: spawns
+    happen on the event loop's thread, which lives as long as the process.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    return [setpriv, "--pdeathsig", "TERM", "--", *args] if setpriv else args
 
 
 def free_loopback_port() -> int:
@@ -77,7 +93,10 @@ class OpaSidecar:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self._proc = subprocess.Popen(
-                self._args(), stdout=out, stderr=out, stdin=subprocess.DEVNULL
+                _with_parent_death_signal(self._args()),
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
             )
 
     async def wait_healthy(self, timeout: float) -> bool:

@@ -177,3 +177,38 @@ def test_serve_supervises_its_opa_sidecar_and_stops_it(tmp_path: Path, opa_bin: 
     assert "malformed HTTP request (BadHttpMessage 400)" in served
     assert key not in served
     assert key.split("_")[2] not in served  # not even the secret part
+
+
+@pytest.mark.integration
+def test_sidecar_dies_with_a_killed_gateway(tmp_path: Path, opa_bin: str) -> None:
+    workdir, _ = _example(tmp_path)
+    port = free_port()
+    with (workdir / "serve.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [KAMIWAZA, "serve", "--policy", "routing.yaml", "--keys", "keys.json",
+             "--port", str(port), "--audit-dir", "audit", "--rego", str(ROOT / "rego"),
+             "--allow-unconfigured-endpoints"],
+            cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "KAMIWAZA_OPA_BIN": opa_bin},
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        status = 0
+        while time.monotonic() < deadline and status != 200:
+            assert proc.poll() is None, (workdir / "serve.log").read_text()
+            try:
+                status, _ = _get(f"http://127.0.0.1:{port}/readyz")
+            except OSError:
+                time.sleep(0.05)  # readiness poll interval
+        assert status == 200
+        (opa_pid,) = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+    finally:
+        proc.kill()  # no chance to stop the sidecar itself
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{opa_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # waiting for the kernel's parent-death signal to land
+    state = Path(f"/proc/{opa_pid}/stat")
+    assert not state.exists() or state.read_text().split()[2] == "Z"
