@@ -63,15 +63,22 @@ def serve(config_file: str | None, **flags: object) -> None:
     click.echo(f"kamiwaza gateway on http://{settings.host}:{settings.port}", err=True)
     # handler_cancellation: a client that goes away cancels its handler, and so
     # its upstream request, at once rather than at the next write.
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        handler_cancellation=True,
-        print=None,
-        loop=_event_loop(),
-    )
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            access_log=None,
+            handler_cancellation=True,
+            print=None,
+            loop=_event_loop(),
+        )
+    except OSError as err:  # e.g. the port is taken; the sidecar is already stopped
+        click.echo(
+            f"error: cannot listen on {settings.host}:{settings.port}: {err.strerror or err}",
+            err=True,
+        )
+        sys.exit(1)
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:

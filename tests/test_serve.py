@@ -212,3 +212,25 @@ def test_sidecar_dies_with_a_killed_gateway(tmp_path: Path, opa_bin: str) -> Non
         time.sleep(0.05)  # waiting for the kernel's parent-death signal to land
     state = Path(f"/proc/{opa_pid}/stat")
     assert not state.exists() or state.read_text().split()[2] == "Z"
+
+
+@pytest.mark.integration
+def test_a_taken_port_is_a_clear_error(tmp_path: Path, opa_bin: str) -> None:
+    workdir, _ = _example(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [KAMIWAZA, "serve", "--policy", "routing.yaml", "--keys", "keys.json",
+             "--port", str(port), "--audit-dir", "audit", "--rego", str(ROOT / "rego"),
+             "--allow-unconfigured-endpoints"],
+            cwd=workdir, capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, "KAMIWAZA_OPA_BIN": opa_bin},
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == (
+        f"error: cannot listen on 127.0.0.1:{port}: "
+        f"error while attempting to bind on address ('127.0.0.1', {port}): address already in use"
+    )
+    assert "Traceback" not in proc.stderr
