@@ -104,49 +104,49 @@ def _get(url: str, **kwargs: Any) -> tuple[int, Any]:
         return err.code, json.loads(err.read())
 
 
+def _serve(workdir: Path, port: int, opa_bin: str) -> subprocess.Popen[bytes]:
+    """`kamiwaza serve` on the example in `workdir`, ready (readyz 200) when returned."""
+    with (workdir / "serve.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [KAMIWAZA, "serve", "--policy", "routing.yaml", "--keys", "keys.json",
+             "--port", str(port), "--audit-dir", "audit", "--rego", str(ROOT / "rego"),
+             "--allow-unconfigured-endpoints"],
+            cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "KAMIWAZA_OPA_BIN": opa_bin},
+        )  # fmt: skip
+    deadline = time.monotonic() + 30
+    status = 0
+    while time.monotonic() < deadline and status != 200:
+        if proc.poll() is not None:
+            raise AssertionError((workdir / "serve.log").read_text())
+        try:
+            status, _ = _get(f"http://127.0.0.1:{port}/readyz")
+        except OSError:
+            time.sleep(0.05)  # readiness poll interval
+    if status != 200:
+        proc.kill()
+        raise AssertionError("kamiwaza serve did not become ready")
+    return proc
+
+
+def _embargoed(port: int, key: str) -> tuple[int, Any]:
+    """A request the example's override denies: authenticated → 403, never forwarded."""
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    return _get(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=body.encode(),
+        headers={"Authorization": f"Bearer {key}", "X-Labels": "export_control=embargoed"},
+        method="POST",
+    )
+
+
 @pytest.mark.integration
 def test_serve_supervises_its_opa_sidecar_and_stops_it(tmp_path: Path, opa_bin: str) -> None:
     workdir, key = _example(tmp_path)
     port = free_port()
-    log = (workdir / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            KAMIWAZA,
-            "serve",
-            "--policy",
-            "routing.yaml",
-            "--keys",
-            "keys.json",
-            "--port",
-            str(port),
-            "--audit-dir",
-            "audit",
-            "--rego",
-            str(ROOT / "rego"),
-            "--allow-unconfigured-endpoints",
-        ],
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "KAMIWAZA_OPA_BIN": opa_bin},
-    )
+    proc = _serve(workdir, port, opa_bin)
     try:
-        deadline = time.monotonic() + 30
-        status = 0
-        while time.monotonic() < deadline and status != 200:
-            assert proc.poll() is None, (workdir / "serve.log").read_text()
-            try:
-                status, _ = _get(f"http://127.0.0.1:{port}/readyz")
-            except OSError:
-                time.sleep(0.05)  # readiness poll interval
-        assert status == 200
-        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-        status, answer = _get(
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            data=body.encode(),
-            headers={"Authorization": f"Bearer {key}", "X-Labels": "export_control=embargoed"},
-            method="POST",
-        )
+        status, answer = _embargoed(port, key)
         assert status == 403
         assert answer["error"]["code"] == "policy_denied"
         children = subprocess.run(
@@ -168,7 +168,6 @@ def test_serve_supervises_its_opa_sidecar_and_stops_it(tmp_path: Path, opa_bin: 
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-        log.close()
     assert proc.returncode == 0
     assert not Path(f"/proc/{opa_pid}").exists()  # the sidecar went with it
     records = request_records(str(workdir / "audit"))  # shipped at shutdown
@@ -182,25 +181,8 @@ def test_serve_supervises_its_opa_sidecar_and_stops_it(tmp_path: Path, opa_bin: 
 @pytest.mark.integration
 def test_sidecar_dies_with_a_killed_gateway(tmp_path: Path, opa_bin: str) -> None:
     workdir, _ = _example(tmp_path)
-    port = free_port()
-    with (workdir / "serve.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [KAMIWAZA, "serve", "--policy", "routing.yaml", "--keys", "keys.json",
-             "--port", str(port), "--audit-dir", "audit", "--rego", str(ROOT / "rego"),
-             "--allow-unconfigured-endpoints"],
-            cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "KAMIWAZA_OPA_BIN": opa_bin},
-        )  # fmt: skip
+    proc = _serve(workdir, free_port(), opa_bin)
     try:
-        deadline = time.monotonic() + 30
-        status = 0
-        while time.monotonic() < deadline and status != 200:
-            assert proc.poll() is None, (workdir / "serve.log").read_text()
-            try:
-                status, _ = _get(f"http://127.0.0.1:{port}/readyz")
-            except OSError:
-                time.sleep(0.05)  # readiness poll interval
-        assert status == 200
         (opa_pid,) = subprocess.run(
             ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=False
         ).stdout.split()
@@ -234,3 +216,29 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path, opa_bin: str) -> None:
         f"error while attempting to bind on address ('127.0.0.1', {port}): address already in use"
     )
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.integration
+def test_sighup_reloads_the_keys_file(tmp_path: Path, opa_bin: str) -> None:
+    workdir, old_key = _example(tmp_path)
+    port = free_port()
+    proc = _serve(workdir, port, opa_bin)
+    try:
+        store = KeyStore.load(workdir / "keys.json")
+        _, new_key = store.create(tenant="late")
+        assert _embargoed(port, new_key)[0] == 401  # not loaded yet
+        old_id = old_key.split("_")[1]
+        store.revoke(old_id)
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while _embargoed(port, new_key)[0] != 403 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the reload runs in the background
+        assert _embargoed(port, new_key)[0] == 403  # authenticated (then denied by policy)
+        status, answer = _embargoed(port, old_key)
+        assert status == 401  # revoked
+        assert old_key not in json.dumps(answer)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    assert "keys file reloaded (2 keys)" in (workdir / "serve.log").read_text()
