@@ -82,10 +82,15 @@ class OpaSidecar:
             f"127.0.0.1:{self.port}",
             "--log-level",
             "error",
-            # Every decision is logged with its decision_id (joined with audit records).
-            "--set",
-            "decision_logs.console=true",
-            *(["--config-file", str(self.config_file)] if self.config_file else []),
+            # Every decision is logged with its decision_id (joined with audit
+            # records): shipped to the gateway's ingestion service when the config
+            # file names it, else to the console (the sidecar's log). Not both: the
+            # console copy would grow the log by ~1 KB a decision, forever.
+            *(
+                ["--config-file", str(self.config_file)]
+                if self.config_file
+                else ["--set", "decision_logs.console=true"]
+            ),
             *self.paths,
         ]
 

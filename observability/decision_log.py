@@ -114,7 +114,9 @@ class DecisionLogIngest:
             "decision_logs": {
                 "service": SERVICE,
                 "resource": "/logs",
-                "console": True,
+                # Shipped here, not also to the console: that copy would grow the
+                # sidecar's log by ~1 KB a decision with nothing to rotate it.
+                "console": False,
                 "reporting": {
                     # Each event is encoded and shipped as soon as a chunk fills;
                     # the rest at least every second.
