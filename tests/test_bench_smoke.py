@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from bench import policy_bench
+from bench import gateway_bench, policy_bench
 
 
 @pytest.mark.integration
@@ -14,3 +17,19 @@ def test_policy_bench_runs_on_a_small_policy(capsys: pytest.CaptureFixture[str])
     assert "policy: 20 rules + default" in out
     assert "opa bench (in-process)" in out
     assert "OPA server over HTTP" in out
+
+
+@pytest.mark.integration
+def test_gateway_bench_runs_briefly(tmp_path: Path, opa_bin: str) -> None:
+    out = tmp_path / "results.json"
+    assert gateway_bench.main(["--seconds", "0.5", "--concurrency", "2", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert sorted(results) == sorted(
+        f"{prefix}{kind}-{path}"
+        for prefix in ("", "serial-")
+        for kind in ("json", "stream")
+        for path in ("direct", "gateway")
+    )
+    for name, run in results.items():
+        assert run["requests"] > 0, name
+        assert run["errors"] == 0, name
