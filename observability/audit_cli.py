@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -22,27 +22,17 @@ import click
 from observability.audit_reader import SourceOptions, entry_time, iter_entries, open_source
 from observability.chain import KIND_DECISION, KIND_REQUEST, ChainVerifier
 from observability.sinks import ObjectSource
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+from observability.times import parse_duration, parse_moment, parse_timestamp
 
 
 def parse_when(text: str | None, now: datetime | None = None) -> datetime | None:
     """RFC 3339 (naive = UTC), a date, or a duration before now (90s, 15m, 2h, 7d)."""
     if text is None:
         return None
-    text = text.strip()
-    now = now or datetime.now(UTC)
-    match = _DURATION.match(text)
-    if match:
-        return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is neither a time (2026-06-01T12:00:00Z) nor a duration (15m, 2h, 7d)"
-        ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        return parse_moment(text, now or datetime.now(UTC))
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 def _configured_source(config_file: str | None) -> tuple[str, SourceOptions]:
@@ -223,13 +213,12 @@ def reconcile(
 ) -> None:
     """List gateway records with no OPA decision event, and OPA events with no record."""
     start, end = parse_when(since), parse_when(until)
-    grace_match = _DURATION.match(grace.strip())
-    if grace_match is None:
+    grace_span = parse_duration(grace)
+    if grace_span is None:
         raise click.BadParameter(
             f"{grace!r}: expected a duration such as 90s or 2m", param_hint="--grace"
         )
-    grace_s = float(grace_match.group(1)) * _UNITS[grace_match.group(2)]
-    settled_before = datetime.now(UTC) - timedelta(seconds=grace_s) if grace_s else None
+    settled_before = datetime.now(UTC) - grace_span if grace_span else None
     objects = _open(
         source=source,
         config_file=config_file,
@@ -267,7 +256,7 @@ def reconcile(
     if settled_before is not None:
         # Too recent to judge: the counterpart may still be on its way.
         def recent(row: dict[str, Any]) -> bool:
-            moment = _parse_ts(row.get("timestamp"))
+            moment = parse_timestamp(row.get("timestamp"))
             return moment is not None and moment >= settled_before
 
         pending = [row for row in (*no_event, *no_record) if recent(row)]
@@ -301,16 +290,6 @@ def reconcile(
             click.echo(f"pending (younger than --grace {grace}): {len(pending)}")
     if no_event or no_record:
         sys.exit(1)
-
-
-def _parse_ts(raw: Any) -> datetime | None:
-    if not isinstance(raw, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _status_filter(spec: str | None) -> Callable[[int], bool]:

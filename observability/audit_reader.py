@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from observability.chain import KIND_DECISION, KIND_REQUEST, ChainVerifier, Problem
 from observability.sinks import ObjectSource, iter_lines
+from observability.times import parse_timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +70,7 @@ def iter_entries(
 
 
 def entry_time(entry: dict[str, Any]) -> datetime | None:
-    raw = entry.get("ts")
-    if not isinstance(raw, str) or not raw:
-        return None
-    try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    return parse_timestamp(entry.get("ts"))
 
 
 def request_records(

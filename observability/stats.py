@@ -35,14 +35,13 @@ from typing import Any
 
 from observability.audit_reader import SourceOptions, open_source, request_records
 from observability.metrics import label, rule_label
+from observability.times import parse_moment, parse_timestamp
 
 # scheme -> reader(url, since, until) yielding record dicts (may yield records
 # outside the window: they are filtered again).
 SourceReader = Callable[[str, datetime, datetime], Iterable[Mapping[str, Any]]]
 _SOURCES: dict[str, SourceReader] = {}
 _DAY_IN_PATH = re.compile(r"(\d{4}-\d{2}-\d{2})")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 QUANTILES = (0.5, 0.95, 0.99)
 
 
@@ -61,28 +60,14 @@ def register_source(scheme: str, reader: SourceReader) -> None:
 def parse_time(text: str, now: datetime) -> datetime:
     """An RFC 3339 time ("2025-06-01T12:00:00Z", a date, naive = UTC) or a
     duration before `now` ("90s", "15m", "2h", "7d", "1w")."""
-    text = text.strip()
-    match = _DURATION.match(text)
-    if match:
-        return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise StatsError(
-            f"{text!r} is neither a time (2025-06-01T12:00:00Z) nor a duration (15m, 2h, 7d)"
-        ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        return parse_moment(text, now)
+    except ValueError as err:
+        raise StatsError(str(err)) from None
 
 
 def _timestamp(record: Mapping[str, Any]) -> datetime | None:
-    raw = record.get("timestamp")
-    if not isinstance(raw, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    return parse_timestamp(record.get("timestamp"))
 
 
 def _iso(moment: datetime) -> str:
