@@ -204,7 +204,6 @@ def _tracing(settings: Settings, environ: Mapping[str, str] | None) -> GatewayTr
     try:
         config = resolve_tracing_config(
             enabled=settings.traces,
-            metrics=settings.metrics,
             endpoint=settings.otlp_endpoint,
             headers=settings.otlp_headers,
             environ=environ,

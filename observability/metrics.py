@@ -82,6 +82,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 
 from observability.audit import AuditRecord
+from observability.otlp import otlp_target, read_otlp_env
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,6 @@ NONE = "none"
 SKIPPED = frozenset({"circuit_open", "endpoint_unavailable"})  # attempts never sent
 BREAKER_STATE_VALUES: Mapping[str, int] = MappingProxyType({"closed": 0, "half_open": 1, "open": 2})
 DEFAULT_SERVICE_NAME = "kamiwaza-gateway"
-DEFAULT_OTLP_ENDPOINT = "http://localhost:4318"
 METRICS_PATH = "/v1/metrics"
 
 
@@ -154,11 +154,6 @@ def _env_float(env: Mapping[str, str], name: str, scale: float) -> float | None:
     return value
 
 
-def _metrics_url(base: str) -> str:
-    base = base.rstrip("/")
-    return base if base.endswith(METRICS_PATH) else base + METRICS_PATH
-
-
 def resolve_metrics_config(
     *,
     enabled: bool | None,
@@ -180,38 +175,23 @@ def resolve_metrics_config(
       export timeout: OTEL_METRIC_EXPORT_TIMEOUT (ms), else 10 s.
     - protocol: only http/protobuf (OTEL_EXPORTER_OTLP[_METRICS]_PROTOCOL).
     """
-    from opentelemetry.util.re import parse_env_headers
-
     env = os.environ if environ is None else environ
-    signal_url = (env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or "").strip()
-    base_url = (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()
+    otlp = read_otlp_env(env, "METRICS")
     if enabled is None:
-        disabled = (env.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true"
-        exporter = (env.get("OTEL_METRICS_EXPORTER") or "").strip().lower()
-        enabled = not disabled and exporter != "none" and bool(endpoint or signal_url or base_url)
+        enabled = (
+            not otlp.sdk_disabled
+            and otlp.exporter != "none"
+            and bool(endpoint or otlp.signal_url or otlp.base_url)
+        )
     if not enabled:
         return None
-    protocol = env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or env.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL"
-    )
-    if protocol and protocol.strip() != "http/protobuf":
-        raise MetricsConfigError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: the gateway exports metrics over "
-            "OTLP/HTTP only; use 'http/protobuf' (port 4318 on a collector)"
-        )
-    if endpoint:
-        url = _metrics_url(endpoint)
-    elif signal_url:
-        url = signal_url
-    else:
-        url = _metrics_url(base_url or DEFAULT_OTLP_ENDPOINT)
-    env_headers = env.get("OTEL_EXPORTER_OTLP_METRICS_HEADERS") or env.get(
-        "OTEL_EXPORTER_OTLP_HEADERS"
-    )
-    merged = {**parse_env_headers(env_headers or "", liberal=True), **headers}
+    try:
+        url, merged = otlp_target(otlp, METRICS_PATH, endpoint, headers)
+    except ValueError as err:
+        raise MetricsConfigError(str(err)) from None
     interval = interval_s or _env_float(env, "OTEL_METRIC_EXPORT_INTERVAL", 0.001) or 60.0
     timeout = _env_float(env, "OTEL_METRIC_EXPORT_TIMEOUT", 0.001) or 10.0
-    return MetricsConfig(url, MappingProxyType(merged), interval, timeout)
+    return MetricsConfig(url, merged, interval, timeout)
 
 
 def _resource() -> Resource:

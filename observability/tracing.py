@@ -34,7 +34,8 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from observability.audit import AuditRecord
-from observability.metrics import DEFAULT_OTLP_ENDPOINT, _resource, label, rule_label
+from observability.metrics import _resource, label, rule_label
+from observability.otlp import otlp_target, read_otlp_env
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +58,9 @@ class TracingConfig:
     timeout_s: float = 10.0
 
 
-def _traces_url(base: str) -> str:
-    base = base.rstrip("/")
-    return base if base.endswith(TRACES_PATH) else base + TRACES_PATH
-
-
 def resolve_tracing_config(
     *,
     enabled: bool | None,
-    metrics: bool | None,
     endpoint: str | None,
     headers: Mapping[str, str],
     environ: Mapping[str, str] | None = None,
@@ -85,36 +80,18 @@ def resolve_tracing_config(
       overlaid with ours.
     - protocol: only http/protobuf (OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL).
     """
-    from opentelemetry.util.re import parse_env_headers
-
     env = os.environ if environ is None else environ
-    signal_url = (env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or "").strip()
-    base_url = (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()
+    otlp = read_otlp_env(env, "TRACES")
     if enabled is None:
-        disabled = (env.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true"
-        exporter = (env.get("OTEL_TRACES_EXPORTER") or "").strip().lower()
-        enabled = not disabled and (exporter == "otlp" or bool(signal_url))
+        asked = otlp.exporter == "otlp" or bool(otlp.signal_url)
+        enabled = not otlp.sdk_disabled and otlp.exporter != "none" and asked
     if not enabled:
         return None
-    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL"
-    )
-    if protocol and protocol.strip() != "http/protobuf":
-        raise TracingConfigError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: the gateway exports traces over "
-            "OTLP/HTTP only; use 'http/protobuf' (port 4318 on a collector)"
-        )
-    if endpoint:
-        url = _traces_url(endpoint)
-    elif signal_url:
-        url = signal_url
-    else:
-        url = _traces_url(base_url or DEFAULT_OTLP_ENDPOINT)
-    env_headers = env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or env.get(
-        "OTEL_EXPORTER_OTLP_HEADERS"
-    )
-    merged = {**parse_env_headers(env_headers or "", liberal=True), **headers}
-    return TracingConfig(url, MappingProxyType(merged))
+    try:
+        url, merged = otlp_target(otlp, TRACES_PATH, endpoint, headers)
+    except ValueError as err:
+        raise TracingConfigError(str(err)) from None
+    return TracingConfig(url, merged)
 
 
 class RequestSpan:

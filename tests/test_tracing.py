@@ -257,7 +257,7 @@ async def test_settings_without_an_otlp_endpoint_leave_tracing_off(
 
 
 def resolve(env: dict[str, str], **kwargs: Any) -> TracingConfig | None:
-    args: dict[str, Any] = {"enabled": None, "metrics": None, "endpoint": None, "headers": {}}
+    args: dict[str, Any] = {"enabled": None, "endpoint": None, "headers": {}}
     args.update(kwargs)
     return resolve_tracing_config(**args, environ=env)
 
@@ -266,8 +266,8 @@ def test_traces_are_opt_in() -> None:
     # Metrics alone (often straight to Prometheus, which takes no traces) do not
     # turn traces on; an explicit switch does.
     assert resolve({}) is None
-    assert resolve({}, metrics=True) is None
     assert resolve({}, endpoint="http://c:4318") is None
+    assert resolve({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}) is None
     assert resolve({}, enabled=True) == TracingConfig("http://localhost:4318/v1/traces")
     assert resolve({}, enabled=True, endpoint="http://c:4318") == TracingConfig(
         "http://c:4318/v1/traces"
@@ -292,7 +292,8 @@ def test_traces_are_opt_in() -> None:
 )
 def test_otel_switches_turn_traces_off(env: dict[str, str]) -> None:
     assert resolve(env) is None
-    assert resolve(env, metrics=True) is None  # metrics on, traces not wanted
+    # Off wins even when a traces endpoint is named.
+    assert resolve({**env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:4318/v1/traces"}) is None
 
 
 def test_otel_variables_and_our_settings() -> None:
