@@ -3,7 +3,6 @@ HTTP until it answers, and an aiohttp app served on a port the OS picks."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import urllib.error
@@ -13,11 +12,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.sidecar import free_loopback_port
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# The gateway's own helper (it picks the sidecar's port the same way).
+free_port = free_loopback_port
 
 
 def wait_http(

@@ -997,7 +997,11 @@ async def test_jwt_identity_ignores_identity_headers(
             "missing_credential",
         ),
         ({"Authorization": "Bearer "}, "empty credential", "missing_credential"),
-        ({"api-key": ""}, "empty credential", "missing_credential"),
+        (
+            {"api-key": "", "Authorization": ""},  # blank headers carry nothing
+            "missing credential; send 'Authorization: Bearer <API key or JWT>'",
+            "missing_credential",
+        ),
         (
             {"Authorization": "Basic dXNlcjpwYXNz"},
             "unsupported Authorization scheme; use 'Authorization: Bearer <key>'",

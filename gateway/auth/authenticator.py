@@ -30,6 +30,8 @@ def _credential(headers: Mapping[str, str]) -> str:
     found: set[str] = set()
     for name, value in headers.items():
         lowered = name.lower()
+        if not value.strip():
+            continue  # a blank header carries no credential
         if lowered == "authorization":
             scheme, _, token = value.strip().partition(" ")
             if scheme.lower() != "bearer":
