@@ -42,7 +42,7 @@ from gateway.providers.base import (
     adapter_for,
 )
 from gateway.settings import Settings
-from gateway.sidecar import OpaSidecar
+from gateway.sidecar import OpaSidecar, go_runtime_env
 from gateway.upstream import (
     BreakerPolicy,
     ClientDisconnectedError,
@@ -249,6 +249,7 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
             [runtime_dir, settings.rego_dir],
             Path(settings.audit_dir) / "opa.log",
             config_file=app[AUDIT].write_opa_config(runtime_dir),
+            env=go_runtime_env(settings.opa_gomaxprocs, settings.opa_gogc),
         )
         await sidecar.start()
         url = sidecar.url

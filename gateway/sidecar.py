@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -36,6 +37,16 @@ def _with_parent_death_signal(args: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--", *args] if setpriv else args
 
 
+def go_runtime_env(gomaxprocs: int, gogc: int) -> dict[str, str]:
+    """Go runtime variables for the sidecar; 0 leaves a setting to Go (or the environment)."""
+    env = {}
+    if gomaxprocs:
+        env["GOMAXPROCS"] = str(gomaxprocs)
+    if gogc:
+        env["GOGC"] = str(gogc)
+    return env
+
+
 def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -54,6 +65,7 @@ class OpaSidecar:
         port: int | None = None,
         startup_timeout: float = 30.0,
         config_file: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.opa_bin = opa_bin
         self.paths = list(paths)
@@ -62,6 +74,8 @@ class OpaSidecar:
         self.startup_timeout = startup_timeout
         # OPA config (e.g. the decision_logs service that ships to the audit pipeline).
         self.config_file = config_file
+        # Added to the gateway's environment (e.g. Go runtime settings).
+        self.env = dict(env or {})
         # A plain Popen: spawning happens once at startup, and asyncio's subprocess
         # transport hangs under uvloop when stdout goes to a file.
         self._proc: subprocess.Popen[bytes] | None = None
@@ -102,6 +116,7 @@ class OpaSidecar:
                 stdout=out,
                 stderr=out,
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
             )
 
     async def wait_healthy(self, timeout: float) -> bool:

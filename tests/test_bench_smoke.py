@@ -28,8 +28,10 @@ def test_gateway_bench_runs_briefly(tmp_path: Path, opa_bin: str) -> None:
         f"{prefix}{kind}-{path}"
         for prefix in ("", "serial-")
         for kind in ("json", "stream")
-        for path in ("direct", "gateway")
+        for path in ("direct", "floor", "gateway")
     )
     for name, run in results.items():
         assert run["requests"] > 0, name
         assert run["errors"] == 0, name
+        # CPU per request is measured for the two proxies and their OPAs.
+        assert ("cpu_proxy_ms" in run) == (not name.endswith("-direct")), name

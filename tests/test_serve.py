@@ -158,6 +158,9 @@ def test_serve_supervises_its_opa_sidecar_and_stops_it(tmp_path: Path, opa_bin: 
             cmdline = fh.read().split(b"\0")
         assert cmdline[1:3] == [b"run", b"--server"]
         assert cmdline[4].startswith(b"127.0.0.1:")  # loopback only
+        with open(f"/proc/{opa_pid}/environ", "rb") as fh:
+            environ = dict(v.split(b"=", 1) for v in fh.read().split(b"\0") if b"=" in v)
+        assert (environ[b"GOMAXPROCS"], environ[b"GOGC"]) == (b"1", b"400")  # the defaults
         # A malformed request: aiohttp would log its raw header bytes, key included.
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
             raw.sendall(

@@ -57,6 +57,7 @@ def test_env_lists_and_maps() -> None:
     [
         ({"KAMIWAZA_PORT": "eighty"}, "KAMIWAZA_PORT: expected an integer, got 'eighty'"),
         ({"KAMIWAZA_OPA_TIMEOUT_MS": "0"}, "KAMIWAZA_OPA_TIMEOUT_MS: must be at least 1, got 0"),
+        ({"KAMIWAZA_OPA_GOGC": "-1"}, "KAMIWAZA_OPA_GOGC: must be at least 0, got -1"),
         (
             {"KAMIWAZA_BREAKER_COOLDOWN_S": "-1"},
             "KAMIWAZA_BREAKER_COOLDOWN_S: must not be negative",

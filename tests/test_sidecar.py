@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.sidecar import OpaSidecar
+from gateway.sidecar import OpaSidecar, go_runtime_env
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
@@ -55,3 +55,40 @@ async def test_sidecar_that_cannot_start_names_the_problem(tmp_path: Path, opa_b
         await sidecar.start()
     assert "OPA sidecar did not become healthy" in str(info.value)
     assert "bad.rego" in str(info.value)  # the log tail says which file is broken
+
+
+@pytest.mark.parametrize(
+    ("gomaxprocs", "gogc", "expected"),
+    [
+        (1, 400, {"GOMAXPROCS": "1", "GOGC": "400"}),
+        (0, 100, {"GOGC": "100"}),
+        (2, 0, {"GOMAXPROCS": "2"}),
+        (0, 0, {}),
+    ],
+)
+def test_go_runtime_env_leaves_zero_to_go(
+    gomaxprocs: int, gogc: int, expected: dict[str, str]
+) -> None:
+    assert go_runtime_env(gomaxprocs, gogc) == expected
+
+
+async def test_sidecar_env_is_added_to_the_gateways(
+    tmp_path: Path, opa_bin: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOGC", "50")  # inherited unless the sidecar's env replaces it
+    monkeypatch.setenv("KAMIWAZA_TEST_MARKER", "kept")
+    sidecar = OpaSidecar(
+        opa_bin, [str(ROOT / "rego")], tmp_path / "opa.log", env={"GOMAXPROCS": "1"}
+    )
+    await sidecar.start()
+    try:
+        assert sidecar._proc is not None
+        raw = Path(f"/proc/{sidecar._proc.pid}/environ").read_bytes()
+        environ = dict(v.split(b"=", 1) for v in raw.split(b"\0") if b"=" in v)
+        assert (environ[b"GOMAXPROCS"], environ[b"GOGC"], environ[b"KAMIWAZA_TEST_MARKER"]) == (
+            b"1",
+            b"50",
+            b"kept",
+        )
+    finally:
+        await sidecar.stop()
