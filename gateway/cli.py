@@ -50,6 +50,7 @@ def serve(config_file: str | None, **flags: object) -> None:
     from aiohttp import web
 
     from gateway.app import StartupError, configure_logging, create_app, reload_keys_on_sighup
+    from gateway.runtime import pin_mmap_threshold
     from gateway.settings import SettingsError, load_settings
 
     try:
@@ -60,6 +61,7 @@ def serve(config_file: str | None, **flags: object) -> None:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
     app.on_startup.append(reload_keys_on_sighup)
+    pin_mmap_threshold()
     click.echo(f"kamiwaza gateway on http://{settings.host}:{settings.port}", err=True)
     # handler_cancellation: a client that goes away cancels its handler, and so
     # its upstream request, at once rather than at the next write.
