@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.settings import Settings
+from gateway.sidecar import go_runtime_env
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
@@ -76,6 +79,13 @@ def test_dependencies_wait_for_health_or_completion() -> None:
                 else "service_healthy"
             )
             assert condition["condition"] == expected, (name, dependency)
+
+
+def test_the_opa_service_runs_with_the_sidecars_go_settings() -> None:
+    defaults = Settings()
+    assert COMPOSE["services"]["opa"]["environment"] == go_runtime_env(
+        defaults.opa_gomaxprocs, defaults.opa_gogc
+    )
 
 
 def test_ports_are_published_on_loopback() -> None:
