@@ -168,10 +168,10 @@ def show(label: str, r: dict[str, Any]) -> None:
 
 def start_floor(
     work: Path, up_port: int, procs: list[subprocess.Popen[bytes]]
-) -> tuple[str, int, int]:
+) -> tuple[str, int, int, int]:
     """Start an OPA on the compiled bench policy and the floor proxy in front of it.
 
-    Returns the proxy's URL and the pids of the proxy and its OPA. The OPA runs
+    Returns the proxy's URL, its OPA's port and the pids of the proxy and its OPA. The OPA runs
     with the Go runtime settings the gateway gives its sidecar (inherited from
     this environment otherwise), without decision logs."""
     settings = load_settings()
@@ -207,7 +207,7 @@ def start_floor(
             ]
         )
     )
-    return f"http://127.0.0.1:{floor_port}", procs[-1].pid, procs[-2].pid
+    return f"http://127.0.0.1:{floor_port}", opa_port, procs[-1].pid, procs[-2].pid
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -245,11 +245,12 @@ async def run(args: argparse.Namespace) -> int:
             stderr=subprocess.DEVNULL,
         )
         procs.append(gateway)
-        floor, floor_pid, floor_opa_pid = start_floor(work, up_port, procs)
+        floor, floor_opa_port, floor_pid, floor_opa_pid = start_floor(work, up_port, procs)
         direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         via = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
         await wait_ready(f"http://127.0.0.1:{up_port}/")
         await wait_ready(f"http://127.0.0.1:{gw_port}/readyz")
+        await wait_ready(f"http://127.0.0.1:{floor_opa_port}/health")
         await wait_ready(f"{floor}/")
         sidecar = child_pids(gateway.pid)[0]
         auth_direct = {"Authorization": "Bearer bench-token"}
