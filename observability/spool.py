@@ -80,7 +80,8 @@ class SealedData:
     count: int
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (files created, renamed, deleted) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -95,7 +96,7 @@ def _write_atomic(path: Path, doc: dict[str, Any]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _valid_prefix(data: bytes) -> tuple[int, bytes | None]:
@@ -336,7 +337,7 @@ class Spool:
             except OSError as err:  # closed under us at shutdown, or an I/O error
                 log.error("audit spool: fsync failed: %s", err)
         if dir_dirty:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     # -- shipping --------------------------------------------------------------
 
@@ -370,7 +371,7 @@ class Spool:
             {"stream": data.stream, "seq": data.last_seq, "hash": data.last_hash},
         )
         seg.path.unlink()
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def forget(self, seg: Segment) -> None:
         """Drop a completed segment from the accounting (event loop thread)."""

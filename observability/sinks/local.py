@@ -21,14 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from observability.sinks import Batch, in_range, parse_key
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from observability.spool import fsync_dir
 
 
 def digest_path(path: Path) -> Path:
@@ -87,7 +80,7 @@ class LocalSink:
             fh.flush()
             os.fsync(fh.fileno())
         write_digest(target)
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
     @staticmethod
     def _current_file(directory: Path, stream: str) -> Path | None:
