@@ -39,8 +39,7 @@ class Batch:
     first_seq: int
     last_seq: int
     records: int  # entries in the batch
-    raw: bytes  # the JSON lines
-    gz: bytes  # gzip of raw
+    gz: bytes  # gzip of the JSON lines
     sha256: str  # hex digest of gz
 
     def metadata(self) -> dict[str, str]:
@@ -85,7 +84,6 @@ def make_batch(
         first_seq=first_seq,
         last_seq=last_seq,
         records=records,
-        raw=raw,
         gz=gz,
         sha256=hashlib.sha256(gz).hexdigest(),
     )
