@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from observability.chain import GENESIS, ChainVerifier, line_hash
 from observability.sinks import make_batch, object_key, parse_key
+from observability.sinks.local import LocalSink, read_digest
 from observability.spool import Spool, SpoolError
 
 
@@ -155,3 +157,45 @@ def test_batches_are_deterministic_and_keyed_by_hour() -> None:
     assert gzip.decompress(one.gz) == raw
     assert parse_key(one.key) == ("2026-01-15", "02", "gw.1", 7)
     assert object_key("", 0, "h", 1) == "dt=1970-01-01/hour=00/h-000000000001.jsonl.gz"
+
+
+def test_local_sink_appends_batches_and_commits_each_digest(tmp_path: Path) -> None:
+    def batch(seq: int) -> bytes:
+        return f'{{"seq":{seq}}}\n'.encode()
+
+    def put(sink: LocalSink, seq: int) -> None:
+        sink.put(
+            make_batch("r", 491_234, stream="gw.1", first_seq=seq, last_seq=seq, records=1,
+                       raw=batch(seq))
+        )  # fmt: skip
+
+    def committed() -> dict[str, tuple[int, list[int]]]:
+        found = {}
+        for path in sorted((tmp_path / "r").rglob("*.jsonl.gz")):
+            data = path.read_bytes()
+            assert read_digest(path) == (hashlib.sha256(data).hexdigest(), len(data))
+            seqs = [json.loads(line)["seq"] for line in gzip.decompress(data).splitlines()]
+            found[path.name] = (len(data), seqs)
+        return found
+
+    one_batch = len(make_batch("r", 0, stream="s", first_seq=0, last_seq=0, records=1,
+                               raw=batch(0)).gz)  # fmt: skip
+    sink = LocalSink(tmp_path, "r", max_file_bytes=3 * one_batch)
+    for seq in range(3):
+        put(sink, seq)
+    first = "gw.1-000000000000.jsonl.gz"
+    assert committed() == {first: (3 * one_batch, [0, 1, 2])}
+    put(sink, 3)  # the file is full: the next one starts
+    second = "gw.1-000000000003.jsonl.gz"
+    assert committed() == {first: (3 * one_batch, [0, 1, 2]), second: (one_batch, [3])}
+    # A restart, after a crash that interrupted an append: it is dropped.
+    path = next((tmp_path / "r").rglob(second))
+    with open(path, "ab") as fh:
+        fh.write(b"torn")
+    sink = LocalSink(tmp_path, "r", max_file_bytes=3 * one_batch)
+    put(sink, 4)
+    put(sink, 5)
+    assert committed() == {
+        first: (3 * one_batch, [0, 1, 2]),
+        second: (3 * one_batch, [3, 4, 5]),
+    }

@@ -19,6 +19,7 @@ import hashlib
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from observability.sinks import Batch, in_range, parse_key
 from observability.spool import fsync_dir
@@ -40,10 +41,15 @@ def read_digest(path: Path) -> tuple[str, int] | None:
 
 
 def write_digest(path: Path) -> None:
+    """Record the digest of a local object as it is now."""
     data = path.read_bytes()
+    _commit_digest(path, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def _commit_digest(path: Path, sha256: str, size: int) -> None:
     tmp = digest_path(path).with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(f"{hashlib.sha256(data).hexdigest()}  {len(data)}  {path.name}\n")
+        fh.write(f"{sha256}  {size}  {path.name}\n")
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, digest_path(path))
@@ -58,6 +64,9 @@ class LocalSink:
         self.root = Path(root)
         self.prefix = prefix
         self.max_file_bytes = max_file_bytes
+        # The file last appended to, its size and the SHA-256 state of those
+        # bytes: the next append to it hashes only the new batch, not the file.
+        self._running: tuple[Path, int, Any] | None = None
 
     def describe(self) -> str:
         return f"local files under {self.root / self.prefix}"
@@ -76,11 +85,26 @@ class LocalSink:
             if size == 0 or size + len(batch.gz) <= self.max_file_bytes:
                 target = current
         with open(target, "ab") as fh:
+            before = os.fstat(fh.fileno()).st_size
             fh.write(batch.gz)
             fh.flush()
             os.fsync(fh.fileno())
-        write_digest(target)
+        _commit_digest(target, *self._digest(target, before, batch.gz))
         fsync_dir(directory)
+
+    def _digest(self, path: Path, before: int, appended: bytes) -> tuple[str, int]:
+        """SHA-256 and size of `path` once `appended` went in at offset `before`."""
+        running = self._running
+        if running is not None and running[0] == path and running[1] == before:
+            sha = running[2]
+            sha.update(appended)
+            size = before + len(appended)
+        else:  # another file, or a restart: hash the file once
+            data = path.read_bytes()
+            sha = hashlib.sha256(data)
+            size = len(data)
+        self._running = (path, size, sha)
+        return sha.hexdigest(), size
 
     @staticmethod
     def _current_file(directory: Path, stream: str) -> Path | None:
