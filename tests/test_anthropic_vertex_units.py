@@ -472,7 +472,7 @@ def without_created(frames: list[Any]) -> list[Any]:
 
 @pytest.mark.parametrize("piece", [1, 7, 10_000])
 def test_claude_stream_fed_in_any_pieces(piece: int) -> None:
-    t = claude.AnthropicStreamTranslator.for_body(
+    t = claude.AnthropicStreamTranslator(
         {
             "messages": [{"role": "user", "content": "hi"}],
             "stream_options": {"include_usage": True},
@@ -521,7 +521,7 @@ def test_claude_stream_fed_in_any_pieces(piece: int) -> None:
 
 
 def test_claude_stream_error_after_content_keeps_the_frames_before_it() -> None:
-    t = claude.AnthropicStreamTranslator.for_body({"messages": []}, model="m", redact=redact)
+    t = claude.AnthropicStreamTranslator({"messages": []}, model="m", redact=redact)
     error = (
         "error",
         {"type": "error", "error": {"type": "overloaded_error", "message": f"Overloaded {KEY}"}},
@@ -538,12 +538,12 @@ def test_claude_stream_error_after_content_keeps_the_frames_before_it() -> None:
 
 
 def test_claude_stream_cut_short_is_truncated_and_a_missing_message_stop_is_forgiven() -> None:
-    t = claude.AnthropicStreamTranslator.for_body({"messages": []}, model="m", redact=redact)
+    t = claude.AnthropicStreamTranslator({"messages": []}, model="m", redact=redact)
     t.feed(sse(CLAUDE_STREAM[:4]))
     with pytest.raises(UpstreamFailureError) as info:
         t.finish()
     assert info.value.failure.code == "upstream_stream_truncated"
-    t = claude.AnthropicStreamTranslator.for_body({"messages": []}, model="m", redact=redact)
+    t = claude.AnthropicStreamTranslator({"messages": []}, model="m", redact=redact)
     t.feed(sse(CLAUDE_STREAM[:-1]))
     assert frames_of(t.finish()) == ["[DONE]"]
 
@@ -832,7 +832,7 @@ def test_gemini_stream_fed_in_pieces() -> None:
         },
     ]
     data = b"".join(f"data: {json.dumps(e)}\r\n\r\n".encode() for e in events)
-    t = gemini.GeminiStreamTranslator.for_body(
+    t = gemini.GeminiStreamTranslator(
         {"messages": [], "stream_options": {"include_usage": True}}, model="g", redact=redact
     )
     raw: list[bytes] = []
@@ -873,7 +873,7 @@ def test_gemini_stream_fed_in_pieces() -> None:
 
 
 def test_gemini_stream_without_a_finish_reason_is_truncated() -> None:
-    t = gemini.GeminiStreamTranslator.for_body({"messages": []}, model="g", redact=redact)
+    t = gemini.GeminiStreamTranslator({"messages": []}, model="g", redact=redact)
     t.feed(b'data: {"candidates": [{"content": {"parts": [{"text": "Hi"}]}}]}\n\n')
     with pytest.raises(UpstreamFailureError) as info:
         t.finish()

@@ -472,29 +472,21 @@ class ChunkStreamTranslator(StreamTranslator):
     """
 
     def __init__(
-        self,
-        *,
-        model: str,
-        prompt_tokens_estimate: int,
-        client_wants_usage: bool,
-        redact: Callable[[str], str],
+        self, body: Mapping[str, Any], *, model: str, redact: Callable[[str], str]
     ) -> None:
+        """A translator for the answer to the client's `body`."""
         self.id = "chatcmpl-gateway"
         self.model = model
         self.created = int(time.time())
         self.redact = redact
-        self._prompt_estimate = prompt_tokens_estimate
-        self._client_wants_usage = client_wants_usage
+        self._prompt_estimate = estimate_prompt_tokens(body)
+        self._client_wants_usage = client_wants_usage(body)
         self._reported: Usage | None = None
         self._role_sent = False
         self._chars = 0
         self._content_chunks = 0
         self.finish_reason: str | None = None
         self.done = False
-
-    @classmethod
-    def prompt_estimate(cls, body: Mapping[str, Any]) -> int:
-        return estimate_prompt_tokens(body)
 
     # -- usage --------------------------------------------------------------
 

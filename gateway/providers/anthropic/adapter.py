@@ -94,6 +94,6 @@ class AnthropicAdapter(ProviderAdapter):
         return translate.classify_error(status, headers, body, redact=self.redact)
 
     def stream_translator(self, body: Mapping[str, Any]) -> StreamTranslator:
-        return translate.AnthropicStreamTranslator.for_body(
+        return translate.AnthropicStreamTranslator(
             body, model=self.upstream_model(body) or "", redact=self.redact
         )

@@ -38,7 +38,6 @@ from gateway.providers.chat import (
     TextPart,
     ToolCall,
     bad_response,
-    client_wants_usage,
     completion,
     content_parts,
     count,
@@ -415,34 +414,12 @@ class AnthropicStreamTranslator(ChunkStreamTranslator):
     """Anthropic's SSE events as OpenAI `chat.completion.chunk` frames."""
 
     def __init__(
-        self,
-        *,
-        model: str,
-        prompt_tokens_estimate: int,
-        client_wants_usage: bool,
-        redact: Callable[[str], str],
+        self, body: Mapping[str, Any], *, model: str, redact: Callable[[str], str]
     ) -> None:
-        super().__init__(
-            model=model,
-            prompt_tokens_estimate=prompt_tokens_estimate,
-            client_wants_usage=client_wants_usage,
-            redact=redact,
-        )
+        super().__init__(body, model=model, redact=redact)
         self._parser = SseParser()
         self._tool_index: dict[int, int] = {}  # content block index -> tool call index
         self._usage: dict[str, int] = {}
-        self._stopped = False
-
-    @classmethod
-    def for_body(
-        cls, body: Mapping[str, Any], *, model: str, redact: Callable[[str], str]
-    ) -> AnthropicStreamTranslator:
-        return cls(
-            model=model,
-            prompt_tokens_estimate=cls.prompt_estimate(body),
-            client_wants_usage=client_wants_usage(body),
-            redact=redact,
-        )
 
     def feed(self, data: bytes) -> list[bytes]:
         return feed_sse(self._parser, data, self._event)

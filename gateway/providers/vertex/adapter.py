@@ -120,7 +120,7 @@ class VertexGeminiAdapter(ProviderAdapter):
         return gemini.classify_error(status, headers, body, redact=self.redact)
 
     def stream_translator(self, body: Mapping[str, Any]) -> StreamTranslator:
-        return gemini.GeminiStreamTranslator.for_body(
+        return gemini.GeminiStreamTranslator(
             body, model=self.upstream_model(body) or "", redact=self.redact
         )
 
