@@ -26,7 +26,7 @@ import yaml
 from tests.opa_server import OpaServer
 from translator.emit import POLICY_FILE, TEST_FILE, emit
 from translator.opa import run_tests
-from translator.pipeline import CheckResult, check, write_output
+from translator.pipeline import CheckResult, check, compile_policy, write_output
 
 GOLDEN = Path(__file__).parent / "golden"
 REGO_DIR = Path(__file__).resolve().parent.parent / "rego"
@@ -34,10 +34,20 @@ CASES = sorted(p for p in GOLDEN.iterdir() if p.is_dir())
 UPDATE = os.environ.get("KAMIWAZA_UPDATE_GOLDEN") == "1"
 
 
-def _check_case(case: Path, monkeypatch: pytest.MonkeyPatch) -> CheckResult:
+def _registry(case: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The case's registry, relative to the case folder, now the working directory."""
     monkeypatch.chdir(case)
-    registry = "endpoints.yaml" if (case / "endpoints.yaml").exists() else "../endpoints.yaml"
-    return check("policy.yaml", registry)
+    return "endpoints.yaml" if (case / "endpoints.yaml").exists() else "../endpoints.yaml"
+
+
+def _check_case(case: Path, monkeypatch: pytest.MonkeyPatch) -> CheckResult:
+    return check("policy.yaml", _registry(case, monkeypatch))
+
+
+def _compile_case(
+    case: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[CheckResult, dict[str, str]]:
+    return compile_policy("policy.yaml", _registry(case, monkeypatch))
 
 
 def _compare(path: Path, actual: str | None) -> None:
@@ -60,10 +70,7 @@ def test_compile(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = _check_case(case, monkeypatch)
     rendered = result.render_diagnostics() + "\n" if result.diagnostics else None
     _compare(case / "expected_diagnostics.txt", rendered)
-    files: dict[str, str] = {}
-    if result.ok:
-        assert result.ir is not None and result.registry is not None
-        files = emit(result.ir, result.registry.opa_data())
+    files = emit(result.ir, result.registry.opa_data()) if result.ir is not None else {}
     _compare(case / "expected.rego", files.get(POLICY_FILE))
     _compare(case / "expected_test.rego", files.get(TEST_FILE))
 
@@ -73,9 +80,8 @@ def test_compile_is_deterministic(case: Path, monkeypatch: pytest.MonkeyPatch) -
     first = _check_case(case, monkeypatch)
     second = _check_case(case, monkeypatch)
     assert first.render_diagnostics() == second.render_diagnostics()
-    if first.ok:
-        assert first.ir is not None and second.ir is not None
-        assert first.registry is not None and second.registry is not None
+    if first.ir is not None:
+        assert second.ir is not None
         assert emit(first.ir, first.registry.opa_data()) == emit(
             second.ir, second.registry.opa_data()
         )
@@ -89,10 +95,10 @@ VALID = [c for c in CASES if (c / "expected.rego").exists()]
 def test_emitted_rego_passes_opa_fmt_check_and_its_tests(
     case: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, opa_bin: str
 ) -> None:
-    result = _check_case(case, monkeypatch)
-    assert result.ir is not None and result.registry is not None
+    result, files = _compile_case(case, monkeypatch)
+    assert result.ir is not None
     out = tmp_path / "out"
-    write_output(emit(result.ir, result.registry.opa_data()), str(out))
+    write_output(files, str(out))
     fmt = subprocess.run(
         [opa_bin, "fmt", "--fail", "--list", str(out)], capture_output=True, text=True, check=False
     )
@@ -119,9 +125,8 @@ DECIDED = [c for c in VALID if (c / "decisions.yaml").exists()]
 def test_decisions_in_real_opa(
     case: Path, monkeypatch: pytest.MonkeyPatch, shared_opa: OpaServer
 ) -> None:
-    result = _check_case(case, monkeypatch)
-    assert result.ir is not None and result.registry is not None
-    files = emit(result.ir, result.registry.opa_data())
+    result, files = _compile_case(case, monkeypatch)
+    assert result.ir is not None
     shared_opa.put_policy("golden-compiled", files[POLICY_FILE])
     shared_opa.put_data("kamiwaza/endpoints", result.registry.opa_data())
     try:

@@ -41,14 +41,13 @@ def _fail_usage(message: str) -> NoReturn:
 
 
 def _compile_or_exit(policy: str, endpoints: str | None) -> tuple[Any, dict[str, str]]:
-    from translator.pipeline import check, compile_policy
+    from translator.pipeline import compile_policy
 
     try:
         result, files = compile_policy(policy, endpoints)
-    except PolicyError:
-        result = check(policy, endpoints)
-        click.echo(result.render_diagnostics(), err=True)
-        errors = sum(1 for d in result.diagnostics if d.is_error)
+    except PolicyError as err:
+        click.echo(err.report, err=True)
+        errors = sum(1 for d in err.diagnostics if d.is_error)
         click.echo(f"\n{errors} error(s); nothing was compiled.", err=True)
         sys.exit(EXIT_POLICY)
     if result.diagnostics:

@@ -102,10 +102,12 @@ class TranslatorError(Exception):
 
 
 class PolicyError(TranslatorError):
-    """The policy or registry has errors; `diagnostics` holds all of them (warnings too)."""
+    """The policy or registry has errors; `diagnostics` holds all of them (warnings too),
+    `report` all of them rendered against their source lines."""
 
-    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
+    def __init__(self, diagnostics: Sequence[Diagnostic], report: str) -> None:
         self.diagnostics = tuple(diagnostics)
+        self.report = report
         errors = [d for d in self.diagnostics if d.is_error]
         super().__init__(
             f"{len(errors)} error(s) in policy"

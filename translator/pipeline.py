@@ -22,10 +22,9 @@ DEFAULT_REGISTRY_NAME = "endpoints.yaml"
 @dataclass
 class CheckResult:
     policy_path: str
-    registry_path: str
+    registry: Registry
     diagnostics: list[Diagnostic]
     documents: dict[str, Document] = field(default_factory=dict)
-    registry: Registry | None = None
     ir: IRPolicy | None = None
 
     @property
@@ -66,45 +65,44 @@ def display_path(path: str) -> str:
     return shown.replace(os.sep, "/")
 
 
-def _read(path: str, shown: str) -> tuple[str | None, Diagnostic | None]:
+def _load(path: str, shown: str, result: CheckResult) -> Document | None:
+    """Read and parse one input file into `result`; None (and a diagnostic) if unreadable."""
     try:
         with open(path, encoding="utf-8") as fh:
-            return fh.read(), None
+            text = fh.read()
     except FileNotFoundError:
-        return None, error(MISSING_KEY, f"file not found: {shown}", Position(shown, 1, 1))
+        result.diagnostics.append(
+            error(MISSING_KEY, f"file not found: {shown}", Position(shown, 1, 1))
+        )
+        return None
     except (OSError, UnicodeDecodeError) as err:
-        return None, error(YAML_SYNTAX, f"cannot read {shown}: {err}", Position(shown, 1, 1))
+        result.diagnostics.append(
+            error(YAML_SYNTAX, f"cannot read {shown}: {err}", Position(shown, 1, 1))
+        )
+        return None
+    doc = load(text, shown)
+    result.documents[shown] = doc
+    return doc
 
 
 def check(policy_path: str, registry_path: str | None = None) -> CheckResult:
     """Load and check a policy and its endpoint registry; lower it when valid."""
     registry_path = registry_path or default_registry_path(policy_path)
     policy_shown, registry_shown = display_path(policy_path), display_path(registry_path)
-    result = CheckResult(policy_shown, registry_shown, [])
+    result = CheckResult(policy_shown, Registry(registry_shown, {}, readable=False), [])
 
-    registry_text, problem = _read(registry_path, registry_shown)
-    if problem:
-        result.diagnostics.append(problem)
-        registry = Registry(registry_shown, {}, readable=False)
-    else:
-        assert registry_text is not None
-        registry_doc = load(registry_text, registry_shown)
-        result.documents[registry_shown] = registry_doc
-        registry, found = check_registry(registry_doc)
+    registry_doc = _load(registry_path, registry_shown, result)
+    if registry_doc is not None:
+        result.registry, found = check_registry(registry_doc)
         result.diagnostics.extend(found)
-    result.registry = registry
 
-    policy_text, problem = _read(policy_path, policy_shown)
-    if problem:
-        result.diagnostics.append(problem)
+    policy_doc = _load(policy_path, policy_shown, result)
+    if policy_doc is None:
         return result
-    assert policy_text is not None
-    policy_doc = load(policy_text, policy_shown)
-    result.documents[policy_shown] = policy_doc
-    policy, found = check_policy(policy_doc, registry)
+    policy, found = check_policy(policy_doc, result.registry)
     result.diagnostics.extend(found)
     if result.ok:
-        result.ir = lower(policy, registry.opa_data())
+        result.ir = lower(policy, result.registry.opa_data())
     return result
 
 
@@ -115,8 +113,8 @@ def compile_policy(
     from translator.emit import emit  # jinja2 is only needed to emit
 
     result = check(policy_path, registry_path)
-    if not result.ok or result.ir is None or result.registry is None:
-        raise PolicyError(result.diagnostics)
+    if result.ir is None:  # set only when there is no error
+        raise PolicyError(result.diagnostics, result.render_diagnostics())
     return result, emit(result.ir, result.registry.opa_data())
 
 
