@@ -93,8 +93,8 @@ class IRPolicy:
 
 def lower(policy: Policy, registry_data: dict[str, Any]) -> IRPolicy:
     """Lower a checked policy; `registry_data` enters the revision hash."""
-    branches = tuple(_lower_rule(policy.path, rule) for rule in policy.rules)
-    default = _lower_default(policy.path, policy.default) if policy.default else None
+    branches = tuple(_lower_branch(policy.path, rule) for rule in policy.rules)
+    default = _lower_branch(policy.path, policy.default) if policy.default else None
     tests = tuple(
         IRTest(t.name, f"{policy.path}:{t.pos.line}", t.input, t.expect) for t in policy.tests
     )
@@ -115,25 +115,15 @@ def lower(policy: Policy, registry_data: dict[str, Any]) -> IRPolicy:
     return IRPolicy(policy.path, branches, default, tests, "sha256:" + digest.hexdigest())
 
 
-def _lower_rule(path: str, rule: Rule) -> IRBranch:
+def _lower_branch(path: str, rule: Rule | DefaultRule) -> IRBranch:
+    conditions = rule.conditions if isinstance(rule, Rule) else ()
     return IRBranch(
         index=rule.index,
         name=rule.name,
         source=f"{path}:{rule.pos.line}",
         route_to=rule.route_to,
         fallback=rule.fallback,
-        conditions=tuple(_lower_condition(c) for c in rule.conditions),
-    )
-
-
-def _lower_default(path: str, default: DefaultRule) -> IRBranch:
-    return IRBranch(
-        index=default.index,
-        name=default.name,
-        source=f"{path}:{default.pos.line}",
-        route_to=default.route_to,
-        fallback=default.fallback,
-        conditions=(),
+        conditions=tuple(_lower_condition(c) for c in conditions),
     )
 
 
