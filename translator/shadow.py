@@ -30,15 +30,15 @@ def shadowed_rules(rules: Sequence[Rule]) -> list[tuple[Rule, Rule]]:
     unpinned: list[Rule] = []
     found: list[tuple[Rule, Rule]] = []
     for rule in rules:
+        pins = _pins(rule)
         candidates = list(unpinned)
-        for pin in _pins(rule):
+        for pin in pins:
             candidates.extend(buckets.get(pin, ()))
         candidates.sort(key=lambda r: r.index)
         for earlier in candidates:
             if implies(rule.conditions, earlier.conditions):
                 found.append((rule, earlier))
                 break
-        pins = _pins(rule)
         if pins:
             buckets.setdefault(pins[0], []).append(rule)
         else:
