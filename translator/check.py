@@ -220,7 +220,7 @@ class _PolicyChecker:
         conditions: tuple[Condition, ...] = ()
         if (match_node := spec.get("match")) is not None:
             conditions = self._check_match(match_node, spec.keys["match"])
-        route_to = self._check_route_to(spec) if "route_to" in spec.entries else None
+        route_to = self._check_route_to(spec)
         fallback = self._check_fallback(spec)
         if len(self.out.diagnostics) != before or route_to is None or fallback is None:
             return None
