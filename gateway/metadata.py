@@ -148,13 +148,12 @@ def resolve_metadata(
             claimed = settings.default_data_class
     effective = claimed
     floor = settings.tenant_floors.get(identity.tenant)
-    if floor is not None and classes.index(floor) > classes.index(effective):
+    if floor is not None and settings.data_class_rank(floor) > settings.data_class_rank(effective):
         effective = floor
-    allowed = identity.allowed_data_classes
-    if allowed is not None and effective not in allowed:
+    if not identity.allows_data_class(effective):
         raise PermissionDeniedError(
             f"tenant {identity.tenant!r} may not send {effective!r} data with this credential "
-            f"(allowed: {', '.join(allowed) or 'none'})",
+            f"(allowed: {', '.join(identity.allowed_data_classes or ()) or 'none'})",
             code="data_class_not_allowed",
         )
     latency = cost = None
