@@ -487,7 +487,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     record.latency_budget_ms = meta.latency_budget_ms
     record.cost_cap_per_1k = meta.cost_cap_per_1k
     record.labels = dict(meta.labels)
-    upstream_body = {k: v for k, v in body.items() if k != BODY_FIELD}
+    body.pop(BODY_FIELD, None)  # the gateway's metadata never goes upstream
 
     decision = await app[POLICY].decide(
         opa_input(
@@ -517,7 +517,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if not stream:
             result = await forwarder.complete(
                 decision.route,
-                upstream_body,
+                body,
                 request_id=request_id,
                 client_headers=request.headers,
                 trace=trace,
@@ -547,7 +547,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
         result = await forwarder.stream(
             decision.route,
-            upstream_body,
+            body,
             request_id=request_id,
             start_response=start_response,
             client_headers=request.headers,
