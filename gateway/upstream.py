@@ -285,19 +285,15 @@ def forwardable_client_headers(
     not named in `Connection`, never a credential."""
     if not headers:
         return []
-    items = list(headers.items())
+    picked: list[tuple[str, str, str]] = []
     named: set[str] = set()
-    for key, value in items:
-        if key.lower() == "connection":
+    for key, value in headers.items():
+        low = key.lower()
+        if low == "connection":
             named.update(token.strip().lower() for token in value.split(","))
-    return [
-        (key, value)
-        for key, value in items
-        if (low := key.lower()) in allowed
-        and low not in HOP_BY_HOP
-        and low not in NEVER_FROM_CLIENT
-        and low not in named
-    ]
+        elif low in allowed and low not in HOP_BY_HOP and low not in NEVER_FROM_CLIENT:
+            picked.append((low, key, value))
+    return [(key, value) for low, key, value in picked if low not in named]
 
 
 # ---------------------------------------------------------------------------
