@@ -558,8 +558,3 @@ class KeyStore:
 def is_key_id(value: str) -> bool:
     """Whether ``value`` has the shape of a key id (not whether it exists)."""
     return _KEY_ID_RE.fullmatch(value) is not None
-
-
-def looks_like_api_key(value: str) -> bool:
-    """Whether ``value`` is shaped like an API key (routing, not verification)."""
-    return value.startswith(API_KEY_PREFIX)
