@@ -210,8 +210,10 @@ def blackhole() -> Iterator[str]:
     server.close()
 
 
-def attempts(err_or_result: UpstreamFailedError | ForwardResult) -> list[tuple[Any, ...]]:
-    return [(a.endpoint, a.status, a.error) for a in err_or_result.attempts]
+def attempts(
+    outcome: UpstreamFailedError | ForwardResult | ForwardTrace,
+) -> list[tuple[Any, ...]]:
+    return [(a.endpoint, a.status, a.error) for a in outcome.attempts]
 
 
 # ---------------------------------------------------------------------------
@@ -774,22 +776,18 @@ async def test_client_disconnect_cancels_upstream(
     if handler_cancellation:
         # aiohttp cancels the handler at once; the cancellation propagates.
         assert isinstance(err, asyncio.CancelledError)
-        assert attempts_of(gw.traces[0]) == [("a", 200, "cancelled")]
+        assert attempts(gw.traces[0]) == [("a", 200, "cancelled")]
     else:
         # aiohttp notices at the next write; the forwarder says so.
         assert isinstance(err, ClientDisconnectedError)
         assert isinstance(err, ConnectionResetError)
         assert err.trace is gw.traces[0]
-        assert attempts_of(err.trace) == [("a", 200, "client_disconnected")]
+        assert attempts(err.trace) == [("a", 200, "client_disconnected")]
     trace = gw.traces[0]
     assert trace.endpoint == "a"
     assert trace.usage is not None
     assert trace.usage.output_tokens >= 1
     assert gw.forwarder.breaker("a").state == "closed"
-
-
-def attempts_of(trace: ForwardTrace) -> list[tuple[Any, ...]]:
-    return [(a.endpoint, a.status, a.error) for a in trace.attempts]
 
 
 # ---------------------------------------------------------------------------
