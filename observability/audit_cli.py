@@ -9,11 +9,13 @@ Exit codes: 0 ok, 1 problems found (a broken chain, unmatched decisions),
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,7 +60,46 @@ def _configured_source(config_file: str | None) -> tuple[str, SourceOptions]:
     return str(Path(settings.audit_dir) / prefix), SourceOptions()
 
 
+@dataclass(frozen=True, slots=True)
+class Where:
+    """SOURCE and the options that say how to reach it (see `source_options`)."""
+
+    source: str | None
+    config_file: str | None
+    endpoint_url: str | None
+    region: str | None
+    project: str | None
+
+    def open(self) -> ObjectSource:
+        source = self.source
+        if source is None:
+            source, options = _configured_source(self.config_file)
+        else:
+            options = SourceOptions()
+        options = SourceOptions(
+            endpoint_url=self.endpoint_url or options.endpoint_url,
+            region=self.region or options.region,
+            project=self.project or options.project,
+        )
+        return open_source(source, options)
+
+
 def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """SOURCE, --config, --endpoint-url, --region and --project, handed to the
+    command as one `where` (opened when the command calls `where.open()`)."""
+
+    @functools.wraps(func)
+    def command(
+        *,
+        source: str | None,
+        config_file: str | None,
+        endpoint_url: str | None,
+        region: str | None,
+        project: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        return func(where=Where(source, config_file, endpoint_url, region, project), **kwargs)
+
     options = [
         click.argument("source", required=False),
         click.option("--config", "config_file", default=None, help="Gateway config file."),
@@ -66,29 +107,17 @@ def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--region", default=None, help="S3 region."),
         click.option("--project", default=None, help="GCP project."),
     ]
+    wrapped: Callable[..., Any] = command
     for option in reversed(options):
-        func = option(func)
-    return func
+        wrapped = option(wrapped)
+    return wrapped
 
 
-def _open(
-    *,
-    source: str | None,
-    config_file: str | None,
-    endpoint_url: str | None,
-    region: str | None,
-    project: str | None,
-) -> ObjectSource:
-    if source is None:
-        source, options = _configured_source(config_file)
-    else:
-        options = SourceOptions()
-    options = SourceOptions(
-        endpoint_url=endpoint_url or options.endpoint_url,
-        region=region or options.region,
-        project=project or options.project,
+def _outside(moment: datetime | None, start: datetime | None, end: datetime | None) -> bool:
+    """Whether an entry's time falls outside [start, end) (an entry without one never does)."""
+    return moment is not None and (
+        (start is not None and moment < start) or (end is not None and moment >= end)
     )
-    return open_source(source, options)
 
 
 @contextmanager
@@ -149,22 +178,12 @@ def audit() -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a tty).")
 def verify(
     *,
-    source: str | None,
-    config_file: str | None,
-    endpoint_url: str | None,
-    region: str | None,
-    project: str | None,
+    where: Where,
     allow_partial: bool,
     progress: bool | None,
 ) -> None:
     """Check every object's digest and every hash-chain link; name the first break."""
-    objects = _open(
-        source=source,
-        config_file=config_file,
-        endpoint_url=endpoint_url,
-        region=region,
-        project=project,
-    )
+    objects = where.open()
     verifier = ChainVerifier(allow_partial=allow_partial)
     for _ in _entries(objects, verifier, None, None, progress):
         pass
@@ -200,11 +219,7 @@ def verify(
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a tty).")
 def reconcile(
     *,
-    source: str | None,
-    config_file: str | None,
-    endpoint_url: str | None,
-    region: str | None,
-    project: str | None,
+    where: Where,
     since: str | None,
     until: str | None,
     fmt: str,
@@ -219,21 +234,12 @@ def reconcile(
             f"{grace!r}: expected a duration such as 90s or 2m", param_hint="--grace"
         )
     settled_before = datetime.now(UTC) - grace_span if grace_span else None
-    objects = _open(
-        source=source,
-        config_file=config_file,
-        endpoint_url=endpoint_url,
-        region=region,
-        project=project,
-    )
+    objects = where.open()
     verifier = ChainVerifier(allow_partial=True)
     records: dict[str, dict[str, Any]] = {}
     events: dict[str, dict[str, Any]] = {}
     for entry in _entries(objects, verifier, start, end, progress):
-        moment = entry_time(entry)
-        if moment is not None and (
-            (start is not None and moment < start) or (end is not None and moment >= end)
-        ):
+        if _outside(entry_time(entry), start, end):
             continue
         if entry["kind"] == KIND_REQUEST:
             decision_id = entry["body"].get("decision_id")
@@ -355,11 +361,7 @@ def _row(record: dict[str, Any]) -> list[str]:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a tty).")
 def query(
     *,
-    source: str | None,
-    config_file: str | None,
-    endpoint_url: str | None,
-    region: str | None,
-    project: str | None,
+    where: Where,
     since: str | None,
     until: str | None,
     tenant: tuple[str, ...],
@@ -374,13 +376,7 @@ def query(
     """Request records matching every filter, as a table or JSON Lines."""
     start, end = parse_when(since), parse_when(until)
     status_ok = _status_filter(status)
-    objects = _open(
-        source=source,
-        config_file=config_file,
-        endpoint_url=endpoint_url,
-        region=region,
-        project=project,
-    )
+    objects = where.open()
     verifier = ChainVerifier(allow_partial=True)
     seen: set[str] = set()
     shown = 0
@@ -391,10 +387,7 @@ def query(
             continue
         seen.add(entry["id"])
         record: dict[str, Any] = entry["body"]
-        moment = entry_time(entry)
-        if moment is not None and (
-            (start is not None and moment < start) or (end is not None and moment >= end)
-        ):
+        if _outside(entry_time(entry), start, end):
             continue
         if (
             (tenant and record.get("tenant") not in tenant)
