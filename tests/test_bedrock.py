@@ -465,7 +465,7 @@ def translator(include_usage: bool = True) -> translate.ConverseStreamTranslator
     body = {"messages": [{"role": "user", "content": "hi"}]}
     if include_usage:
         body["stream_options"] = {"include_usage": True}  # type: ignore[assignment]
-    return translate.stream_translator(body, model="m", redact=str)
+    return translate.ConverseStreamTranslator(body, model="m", redact=str)
 
 
 def payloads(frames: list[bytes]) -> list[Any]:
@@ -536,7 +536,28 @@ def test_stream_without_metadata_estimates_usage() -> None:
     )
     frames += t.finish()
     got = payloads(frames)
-    assert got[2]["choices"][0]["finish_reason"] == "length"
-    assert got[3]["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
-    assert got[4] == "[DONE]"
+    base = {"id": t.id, "object": "chat.completion.chunk", "created": t.created, "model": "m"}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {**base, "choices": [choice]}
+
+    usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    assert got == [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": "Hello there"}),
+        chunk({}, "length"),
+        {**base, "choices": [], "usage": usage},
+        "[DONE]",
+    ]
+    assert t.id.startswith("chatcmpl-")
     assert t.usage.estimated
+
+
+def test_stream_exception_before_any_content_sends_nothing_so_it_can_fail_over() -> None:
+    t = translator()
+    assert t.feed(event("messageStart", {"role": "assistant"})) == []
+    with pytest.raises(UpstreamFailureError) as info:
+        t.feed(exception("throttlingException", "slow down"))
+    assert info.value.frames == []
+    assert info.value.failure.retryable

@@ -235,7 +235,7 @@ class BedrockAdapter(ProviderAdapter):
         return translate.classify_error(status, headers, body, redact=self.redact)
 
     def stream_translator(self, body: Mapping[str, Any]) -> StreamTranslator:
-        return translate.stream_translator(
+        return translate.ConverseStreamTranslator(
             body, model=self.upstream_model(body), redact=self.redact
         )
 

@@ -29,30 +29,19 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from gateway.providers.base import (
-    DONE_FRAME,
     MAX_ERROR_MESSAGE,
-    StreamTranslator,
     UpstreamFailure,
     UpstreamFailureError,
     Usage,
-    estimate_prompt_tokens,
     header,
     parse_retry_after,
-    sse_frame,
 )
 from gateway.providers.bedrock.eventstream import (
     EventStreamDecoder,
     EventStreamError,
     EventStreamMessage,
 )
-from gateway.providers.chat import (
-    bad_response,
-    client_wants_usage,
-    estimated_usage,
-    json_event,
-    stream_truncated,
-    usage_chunk,
-)
+from gateway.providers.chat import ChunkStreamTranslator, bad_response, json_event
 
 # Converse stopReason -> OpenAI finish_reason.
 FINISH_REASONS: Final[Mapping[str, str]] = {
@@ -641,44 +630,25 @@ def classify_error(
 # Streams
 
 
-class ConverseStreamTranslator(StreamTranslator):
+class ConverseStreamTranslator(ChunkStreamTranslator):
     """ConverseStream's event-stream messages -> OpenAI `chat.completion.chunk` frames.
 
-    The client gets a role chunk at `messageStart`, a content or tool-call delta
-    per `contentBlockDelta`, the finish reason at `messageStop`, a usage chunk
-    at `metadata` when it asked for one (`stream_options.include_usage`), and
-    `[DONE]` when the upstream ends. An exception event raises
-    UpstreamFailureError (before the first frame the forwarder fails over).
+    The client gets the role with the first content (as every chunk
+    translator sends it, so that an exception event before any content still
+    lets the forwarder fail over), a content or tool-call delta per
+    `contentBlockDelta`, the finish reason at `messageStop`, the usage of the
+    `metadata` event when it asked for one (`stream_options.include_usage`),
+    and `[DONE]` when the upstream ends. An exception event raises
+    UpstreamFailureError.
     """
 
     def __init__(
-        self,
-        *,
-        model: str | None,
-        prompt_tokens_estimate: int,
-        client_wants_usage: bool,
-        redact: Callable[[str], str],
+        self, body: Mapping[str, Any], *, model: str | None, redact: Callable[[str], str]
     ) -> None:
+        super().__init__(body, model=model or "", redact=redact)
+        self.id = completion_id()
         self._decoder = EventStreamDecoder()
-        self._model = model or ""
-        self._prompt_estimate = prompt_tokens_estimate
-        self._client_wants_usage = client_wants_usage
-        self._redact = redact
-        self._id = completion_id()
-        self._created = int(time.time())
-        self._reported: Usage | None = None
-        self._chars = 0
-        self._deltas = 0
         self._tool_index: dict[int, int] = {}  # contentBlockIndex -> OpenAI tool_calls index
-        self._started = False
-        self._stopped = False
-        self._done = False
-
-    @property
-    def usage(self) -> Usage:
-        if self._reported is not None:
-            return self._reported
-        return estimated_usage(self._prompt_estimate, self._chars, self._deltas)
 
     def feed(self, data: bytes) -> list[bytes]:
         try:
@@ -695,34 +665,13 @@ class ConverseStreamTranslator(StreamTranslator):
         return frames
 
     def finish(self) -> list[bytes]:
-        if self._done:
+        if self.done:
             return []
-        if not self._stopped or self._decoder.pending:
-            raise stream_truncated()
+        if self.finish_reason is None or self._decoder.pending:
+            raise self.truncated()
         frames: list[bytes] = []
-        if self._client_wants_usage and self._reported is None:
-            frames.append(self._usage_chunk(self.usage))
-        frames.append(DONE_FRAME)
-        self._done = True
+        self.end(frames)
         return frames
-
-    def _usage_chunk(self, usage: Usage) -> bytes:
-        return usage_chunk(
-            completion_id=self._id, created=self._created, model=self._model, usage=usage
-        )
-
-    def _delta(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return sse_frame(
-            {
-                "id": self._id,
-                "object": "chat.completion.chunk",
-                "created": self._created,
-                "model": self._model,
-                "choices": [
-                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-                ],
-            }
-        )
 
     def _message(self, message: EventStreamMessage, frames: list[bytes]) -> None:
         kind = message.header(":message-type")
@@ -734,35 +683,29 @@ class ConverseStreamTranslator(StreamTranslator):
             except ValueError:
                 payload = {}
             if isinstance(payload, dict) and isinstance(payload.get("message"), str):
-                text = self._redact(payload["message"])
+                text = self.redact(payload["message"])
             raise UpstreamFailureError(classify(exception, text, status=None))
         if kind == "error":
             code = message.header(":error-code")
             text = message.header(":error-message")
             raise UpstreamFailureError(
-                classify(code, self._redact(text) if text else None, status=None)
+                classify(code, self.redact(text) if text else None, status=None)
             )
         if kind != "event":
             return  # unknown message types are ignored, as AWS SDKs do
         event = message.header(":event-type")
         payload = json_event(message.payload) if message.payload else {}
-        if event == "messageStart":
-            self._started = True
-            frames.append(self._delta({"role": "assistant", "content": ""}))
-        elif event == "contentBlockStart":
+        if event == "contentBlockStart":
             self._block_start(payload, frames)
         elif event == "contentBlockDelta":
             self._block_delta(payload, frames)
         elif event == "messageStop":
-            self._stopped = True
-            frames.append(self._delta({}, finish_reason(payload.get("stopReason"))))
+            self.finish_with(finish_reason(payload.get("stopReason")), frames)
         elif event == "metadata":
             usage = parse_usage(payload.get("usage"))
             if usage is not None:
-                self._reported = usage
-                if self._client_wants_usage:
-                    frames.append(self._usage_chunk(usage))
-        # contentBlockStop and events added later carry nothing for the client.
+                self.report_usage(usage)
+        # messageStart, contentBlockStop and events added later carry nothing for the client.
 
     def _block_start(self, payload: dict[str, Any], frames: list[bytes]) -> None:
         start = payload.get("start")
@@ -771,21 +714,8 @@ class ConverseStreamTranslator(StreamTranslator):
             return
         index = len(self._tool_index)
         self._tool_index[_int(payload.get("contentBlockIndex"))] = index
-        name = str(use.get("name", ""))
-        self._chars += len(name)
-        frames.append(
-            self._delta(
-                {
-                    "tool_calls": [
-                        {
-                            "index": index,
-                            "id": str(use.get("toolUseId", "")),
-                            "type": "function",
-                            "function": {"name": name, "arguments": ""},
-                        }
-                    ]
-                }
-            )
+        self.tool_call_start(
+            index, str(use.get("toolUseId", "")), str(use.get("name", "")), "", frames
         )
 
     def _block_delta(self, payload: dict[str, Any], frames: list[bytes]) -> None:
@@ -793,35 +723,14 @@ class ConverseStreamTranslator(StreamTranslator):
         if not isinstance(delta, dict):
             return
         if isinstance(delta.get("text"), str):
-            text = delta["text"]
-            self._chars += len(text)
-            self._deltas += 1
-            frames.append(self._delta({"content": text}))
+            self.text(delta["text"], frames)
             return
         use = delta.get("toolUse")
         if isinstance(use, dict) and isinstance(use.get("input"), str):
-            block = _int(payload.get("contentBlockIndex"))
-            index = self._tool_index.get(block)
+            index = self._tool_index.get(_int(payload.get("contentBlockIndex")))
             if index is None:
                 raise UpstreamFailureError(
                     bad_response("the upstream sent tool input for a block it did not start")
                 )
-            self._chars += len(use["input"])
-            self._deltas += 1
-            frames.append(
-                self._delta(
-                    {"tool_calls": [{"index": index, "function": {"arguments": use["input"]}}]}
-                )
-            )
+            self.tool_call_arguments(index, use["input"], frames)
         # Reasoning and citation deltas have no Chat Completions field: left out.
-
-
-def stream_translator(
-    body: Mapping[str, Any], *, model: str | None, redact: Callable[[str], str]
-) -> ConverseStreamTranslator:
-    return ConverseStreamTranslator(
-        model=model,
-        prompt_tokens_estimate=estimate_prompt_tokens(body),
-        client_wants_usage=client_wants_usage(body),
-        redact=redact,
-    )
