@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from translator.errors import BAD_VALUE, MISSING_KEY, Diagnostic, Position, did_you_mean
-from translator.source import Document, LMap, LNode, load
+from translator.source import Document, LMap, LNode
 from translator.validate import Collector
 
 ENDPOINT_TYPES = (
@@ -308,51 +308,42 @@ def _check_auth(out: Collector, spec: LMap, where: str) -> dict[str, str]:
 
 
 def _check_pricing(out: Collector, spec: LMap, where: str) -> Pricing:
-    node = spec.get("pricing")
-    if node is None:
-        return Pricing()
-    table = out.expect_map(node, f"{where}: 'pricing'", spec.pos)
-    if table is None:
-        return Pricing()
-    out.check_keys(table, PRICING_FIELDS, f"{where}: 'pricing'")
-    values: dict[str, float] = {}
-    for key in PRICING_FIELDS:
-        if (value_node := table.get(key)) is not None:
-            number = out.expect_number(value_node, f"{where}: 'pricing.{key}'", minimum=0)
-            if number is not None:
-                values[key] = float(number)
-    return Pricing(**values)
+    values = _check_numbers(out, spec, where, "pricing", PRICING_FIELDS, minimum=0)
+    return Pricing(**{key: float(number) for key, number in values.items()})
 
 
 def _check_timeouts(out: Collector, spec: LMap, where: str) -> Timeouts:
-    node = spec.get("timeouts")
+    values = _check_numbers(out, spec, where, "timeouts", TIMEOUT_FIELDS, minimum=1, integer=True)
+    return Timeouts(**{key: int(number) for key, number in values.items()})
+
+
+def _check_numbers(
+    out: Collector,
+    spec: LMap,
+    where: str,
+    table_key: str,
+    fields: tuple[str, ...],
+    *,
+    minimum: float,
+    integer: bool = False,
+) -> dict[str, float]:
+    """The valid numbers of the table at `table_key`, by field (absent ones left out)."""
+    node = spec.get(table_key)
     if node is None:
-        return Timeouts()
-    table = out.expect_map(node, f"{where}: 'timeouts'", spec.pos)
+        return {}
+    table = out.expect_map(node, f"{where}: '{table_key}'", spec.pos)
     if table is None:
-        return Timeouts()
-    out.check_keys(table, TIMEOUT_FIELDS, f"{where}: 'timeouts'")
-    values: dict[str, int] = {}
-    for key in TIMEOUT_FIELDS:
+        return {}
+    out.check_keys(table, fields, f"{where}: '{table_key}'")
+    values: dict[str, float] = {}
+    for key in fields:
         if (value_node := table.get(key)) is not None:
             number = out.expect_number(
-                value_node, f"{where}: 'timeouts.{key}'", minimum=1, integer=True
+                value_node, f"{where}: '{table_key}.{key}'", minimum=minimum, integer=integer
             )
             if number is not None:
-                values[key] = int(number)
-    return Timeouts(**values)
-
-
-def load_registry(
-    path: str, text: str | None = None
-) -> tuple[Registry, Document, list[Diagnostic]]:
-    """Read and check the registry file at `path` (or the given text)."""
-    if text is None:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    doc = load(text, path)
-    registry, diagnostics = check_registry(doc)
-    return registry, doc, diagnostics
+                values[key] = number
+    return values
 
 
 __all__ = [
@@ -362,5 +353,4 @@ __all__ = [
     "Registry",
     "Timeouts",
     "check_registry",
-    "load_registry",
 ]
