@@ -80,29 +80,26 @@ def request_records(
     until: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """The request records of a source, each once, in the order they were written."""
-    if isinstance(source, str):
-        source = open_source(source)
-    verifier = ChainVerifier(allow_partial=True)
-    seen: set[str] = set()
-    records = []
-    for entry in iter_entries(source, verifier, since=since, until=until):
-        if entry["kind"] != KIND_REQUEST or entry.get("id") in seen:
-            continue
-        seen.add(entry["id"])
-        records.append(entry["body"])
-    return records
+    return _bodies(source, KIND_REQUEST, since, until)
 
 
 def decision_events(source: ObjectSource | str) -> list[dict[str, Any]]:
     """The OPA decision-log events of a source, each decision once."""
+    return _bodies(source, KIND_DECISION, None, None)
+
+
+def _bodies(
+    source: ObjectSource | str, kind: str, since: datetime | None, until: datetime | None
+) -> list[dict[str, Any]]:
+    """The bodies of a source's entries of one kind, each id once, in order."""
     if isinstance(source, str):
         source = open_source(source)
     verifier = ChainVerifier(allow_partial=True)
     seen: set[str] = set()
-    events = []
-    for entry in iter_entries(source, verifier):
-        if entry["kind"] != KIND_DECISION or entry.get("id") in seen:
+    bodies = []
+    for entry in iter_entries(source, verifier, since=since, until=until):
+        if entry["kind"] != kind or entry.get("id") in seen:
             continue
         seen.add(entry["id"])
-        events.append(entry["body"])
-    return events
+        bodies.append(entry["body"])
+    return bodies
