@@ -185,6 +185,15 @@ def _body(c: IRCondition) -> list[str]:
     return lines
 
 
+# What a test reads from the decision for each key of its `expect`.
+_GOT = {
+    "route_to": "decision.route_to",
+    "rule": 'object.get(decision, ["rule", "name"], null)',
+    "fallback": "decision.fallback",
+    "deny": "count(decision.deny) > 0",
+}
+
+
 def _test_views(tests: tuple[IRTest, ...]) -> list[_TestView]:
     views: list[_TestView] = []
     seen: set[str] = set()
@@ -194,13 +203,7 @@ def _test_views(tests: tuple[IRTest, ...]) -> list[_TestView]:
         while ident in seen:
             ident, n = f"{base}_{n}", n + 1
         seen.add(ident)
-        got_fields = {
-            "route_to": "decision.route_to",
-            "rule": 'object.get(decision, ["rule", "name"], null)',
-            "fallback": "decision.fallback",
-            "deny": "count(decision.deny) > 0",
-        }
-        got = "{" + ", ".join(f"{rego.string(key)}: {got_fields[key]}" for key in test.expect) + "}"
+        got = "{" + ", ".join(f"{rego.string(key)}: {_GOT[key]}" for key in test.expect) + "}"
         views.append(
             _TestView(
                 ident=ident,
