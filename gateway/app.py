@@ -175,7 +175,7 @@ def create_app(
     app[OBSERVERS].append(app[METRICS].observe)
     app[TRACING] = tracing
     app.cleanup_ctx.append(_metrics_ctx)
-    app.cleanup_ctx.extend([_audit_ctx, _policy_ctx, _forwarder_ctx, _auth_ctx])
+    app.cleanup_ctx.extend([_audit_ctx, _policy_ctx, forwarder.cleanup_ctx, _auth_ctx])
     app.router.add_post("/v1/route", chat_completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
@@ -264,12 +264,6 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
             await sidecar.stop()
         if runtime_dir is not None:
             shutil.rmtree(runtime_dir, ignore_errors=True)
-
-
-async def _forwarder_ctx(app: web.Application) -> AsyncIterator[None]:
-    await app[FORWARDER].start()
-    yield
-    await app[FORWARDER].close()
 
 
 async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
