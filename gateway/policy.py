@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,7 +39,6 @@ class Decision:
     deny: tuple[str, ...]
     revision: str | None
     elapsed_ms: float = 0.0
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def route(self) -> list[str]:
@@ -71,7 +70,6 @@ def parse_decision(doc: dict[str, Any], decision_id: str | None, elapsed_ms: flo
             deny=tuple(deny),
             revision=doc.get("revision"),
             elapsed_ms=elapsed_ms,
-            raw=doc,
         )
     except (KeyError, TypeError) as err:
         raise PolicyUnavailableError(
