@@ -125,15 +125,6 @@ class Attempt:
     message: str | None
     latency_ms: float
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "endpoint": self.endpoint,
-            "status": self.status,
-            "error": self.error,
-            "message": self.message,
-            "latency_ms": self.latency_ms,
-        }
-
 
 @dataclass(slots=True)
 class ForwardTrace:
