@@ -174,12 +174,14 @@ def explain_cmd(
     with tempfile.TemporaryDirectory(prefix="kamiwaza-policy-") as tmp:
         write_output({**files, **emit_explain(result.ir)}, tmp)
         paths = [tmp, rego_dir or default_rego_dir()]
+        # One `opa eval` for both: each run loads and compiles every module again.
+        query = '{"decision": data.kamiwaza.route.decision, "trace": data.kamiwaza.policy.explain}'
         try:
-            decision = evaluate(paths, "data.kamiwaza.route.decision", input_doc)
-            trace = evaluate(paths, "data.kamiwaza.policy.explain", input_doc)
+            # Undefined only when the decision is (the trace always is defined).
+            both = evaluate(paths, query, input_doc) or {"decision": None, "trace": None}
         except OpaError as err:
             _fail_usage(str(err))
     if as_json:
-        click.echo(json.dumps(decision, indent=2, sort_keys=True))
+        click.echo(json.dumps(both["decision"], indent=2, sort_keys=True))
         return
-    click.echo(render_explanation(decision, trace))
+    click.echo(render_explanation(both["decision"], both["trace"]))
