@@ -53,8 +53,9 @@ async def test_a_sink_outage_never_blocks_and_loses_nothing(tmp_path: Path) -> N
     sink.down = True
     for n in range(20):
         pipeline.write(record(n))
-    await asyncio.sleep(0.3)  # several shipping attempts fail meanwhile
-    assert pipeline.failures >= 2
+    async with asyncio.timeout(5):
+        while pipeline.failures < 2:  # shipping attempts fail meanwhile
+            await asyncio.sleep(0.01)
     assert pipeline.spool.depth == 20 and pipeline.admits()
     sink.down = False
     await pipeline.flush(5)
@@ -126,7 +127,8 @@ async def test_drop_mode_counts_logs_and_records_a_gap(
     pipeline.write(record(n))  # room again: a gap entry first, then this record
     await pipeline.close()
     ids = [r["request_id"] for r in request_records(str(tmp_path / "audit"))]
-    assert len(ids) == n + 1 - 5 and ids[-1] == f"req-{n:04d}"
+    # The last 5 written while the spool was at its bound are the ones dropped.
+    assert ids == [f"req-{i:04d}" for i in (*range(n - 5), n)]
     result = CliRunner().invoke(main, ["audit", "verify", str(tmp_path / "audit")])
     assert result.exit_code == 0, result.output
     assert "5 record(s) dropped by stream" in result.output
@@ -272,7 +274,9 @@ async def test_verify_accepts_duplicates_from_at_least_once_delivery(tmp_path: P
     result = _verify(root)
     assert result.exit_code == 0, result.output
     assert "2 duplicate(s) skipped" in result.output
-    assert len(request_records(str(root))) == 6
+    assert [r["request_id"] for r in request_records(str(root))] == [
+        f"req-{n:04d}" for n in range(6)
+    ]
 
 
 async def test_query_filters_and_formats(tmp_path: Path) -> None:
@@ -295,7 +299,8 @@ async def test_query_filters_and_formats(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["request_id"] for r in lines] == ["req-0001", "req-0002", "req-0004", "req-0005"]
     result = CliRunner().invoke(main, ["audit", "query", str(root), "--status", "5xx"])
-    assert result.output.splitlines()[1:] == []
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [header]
     result = CliRunner().invoke(main, ["audit", "query", str(root), "--since", "yesterday"])
     assert result.exit_code == 2
 
