@@ -363,7 +363,11 @@ def test_converse_answer_with_tool_use_and_cache_usage() -> None:
         }
     ).encode()
     completion, usage = translate.parse_converse(raw, model="m", request_id="req-1")
-    assert completion["id"] == "chatcmpl-req-1"
+    assert (completion["id"], completion["object"], completion["model"]) == (
+        "chatcmpl-req-1",
+        "chat.completion",
+        "m",
+    )
     assert completion["choices"] == [
         {
             "index": 0,
@@ -375,7 +379,7 @@ def test_converse_answer_with_tool_use_and_cache_usage() -> None:
                     {
                         "id": "t1",
                         "type": "function",
-                        "function": {"name": "weather", "arguments": '{"city":"Oslo"}'},
+                        "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
                     }
                 ],
             },

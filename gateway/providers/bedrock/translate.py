@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -41,7 +40,13 @@ from gateway.providers.bedrock.eventstream import (
     EventStreamError,
     EventStreamMessage,
 )
-from gateway.providers.chat import ChunkStreamTranslator, bad_response, json_event
+from gateway.providers.chat import (
+    ChunkStreamTranslator,
+    ToolCall,
+    bad_response,
+    completion,
+    json_event,
+)
 
 # Converse stopReason -> OpenAI finish_reason.
 FINISH_REASONS: Final[Mapping[str, str]] = {
@@ -436,7 +441,7 @@ def parse_converse(
             bad_response("the upstream's answer is not a Converse response (no output.message)")
         )
     texts: list[str] = []
-    calls: list[dict[str, Any]] = []
+    calls: list[ToolCall] = []
     for block in content:
         if not isinstance(block, dict):
             continue
@@ -444,43 +449,26 @@ def parse_converse(
             texts.append(block["text"])
         elif isinstance(block.get("toolUse"), dict):
             use = block["toolUse"]
+            arguments = use.get("input")
             calls.append(
-                {
-                    "id": str(use.get("toolUseId", "")),
-                    "type": "function",
-                    "function": {
-                        "name": str(use.get("name", "")),
-                        "arguments": json.dumps(
-                            use.get("input", {}), separators=(",", ":"), ensure_ascii=False
-                        ),
-                    },
-                }
+                ToolCall(
+                    str(use.get("toolUseId", "")),
+                    str(use.get("name", "")),
+                    arguments if isinstance(arguments, dict) else {},
+                )
             )
-    reply: dict[str, Any] = {
-        "role": "assistant",
-        "content": "".join(texts) if texts or not calls else None,
-        "refusal": None,
-    }
-    if calls:
-        reply["tool_calls"] = calls
     usage = parse_usage(answer.get("usage"))
-    completion: dict[str, Any] = {
-        "id": completion_id(request_id),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model or "",
-        "choices": [
-            {
-                "index": 0,
-                "message": reply,
-                "logprobs": None,
-                "finish_reason": finish_reason(answer.get("stopReason")),
-            }
-        ],
-    }
-    if usage is not None:
-        completion["usage"] = usage.as_openai()
-    return completion, usage
+    return (
+        completion(
+            completion_id=completion_id(request_id),
+            model=model or "",
+            text="".join(texts),
+            tool_calls=calls,
+            finish_reason=finish_reason(answer.get("stopReason")),
+            usage=usage,
+        ),
+        usage,
+    )
 
 
 # ---------------------------------------------------------------------------
