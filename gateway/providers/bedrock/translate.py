@@ -45,6 +45,7 @@ from gateway.providers.chat import (
     ToolCall,
     bad_response,
     completion,
+    count,
     json_event,
 )
 
@@ -397,21 +398,17 @@ def _output_config(response_format: Any) -> dict[str, Any] | None:
 # Answers
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
 def parse_usage(usage: Any) -> Usage | None:
     """Converse `usage` as Usage; `input_tokens` includes the cached prompt tokens."""
     if not isinstance(usage, Mapping):
         return None
     if "inputTokens" not in usage and "outputTokens" not in usage:
         return None
-    cache_read = _int(usage.get("cacheReadInputTokens"))
-    cache_write = _int(usage.get("cacheWriteInputTokens"))
+    cache_read = count(usage.get("cacheReadInputTokens"))
+    cache_write = count(usage.get("cacheWriteInputTokens"))
     return Usage(
-        _int(usage.get("inputTokens")) + cache_read + cache_write,
-        _int(usage.get("outputTokens")),
+        count(usage.get("inputTokens")) + cache_read + cache_write,
+        count(usage.get("outputTokens")),
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
     )
@@ -701,7 +698,7 @@ class ConverseStreamTranslator(ChunkStreamTranslator):
         if not isinstance(use, dict):
             return
         index = len(self._tool_index)
-        self._tool_index[_int(payload.get("contentBlockIndex"))] = index
+        self._tool_index[count(payload.get("contentBlockIndex"))] = index
         self.tool_call_start(
             index, str(use.get("toolUseId", "")), str(use.get("name", "")), "", frames
         )
@@ -715,7 +712,7 @@ class ConverseStreamTranslator(ChunkStreamTranslator):
             return
         use = delta.get("toolUse")
         if isinstance(use, dict) and isinstance(use.get("input"), str):
-            index = self._tool_index.get(_int(payload.get("contentBlockIndex")))
+            index = self._tool_index.get(count(payload.get("contentBlockIndex")))
             if index is None:
                 raise UpstreamFailureError(
                     bad_response("the upstream sent tool input for a block it did not start")
