@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
+from translator.pipeline import check
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "policies" / "routing.yaml"
@@ -29,13 +30,23 @@ def run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+def explain(*args: str) -> tuple[int, str, str]:
+    """`kamiwaza policy explain routing.yaml` with the project's rego/."""
+    return run("policy", "explain", "routing.yaml", "--rego", str(ROOT / "rego"), *args)
+
+
+def example_revision() -> str:
+    ir = check("routing.yaml").ir
+    assert ir is not None
+    return ir.revision
+
+
 def test_check_ok_summarises_the_policy(workdir: Path) -> None:
     code, out, err = run("policy", "check", "routing.yaml")
-    assert code == 0
-    assert err == ""
-    assert out.startswith(
+    assert (code, err) == (0, "")
+    assert out == (
         "ok: routing.yaml: 3 rule(s), default -> anthropic, 8 test(s), 0 warning(s); "
-        "revision sha256:"
+        f"revision {example_revision()}\n"
     )
 
 
@@ -80,9 +91,11 @@ def test_check_strict_fails_on_warnings(workdir: Path) -> None:
 
 
 def test_missing_policy_file_is_a_policy_error(workdir: Path) -> None:
-    code, _, err = run("policy", "check", "nope.yaml")
-    assert code == 1
-    assert "nope.yaml:1:1: error[E011]: file not found: nope.yaml" in err
+    code, out, err = run("policy", "check", "nope.yaml")
+    assert (code, out) == (1, "")
+    assert err == (
+        "nope.yaml:1:1: error[E011]: file not found: nope.yaml\n\n1 error(s), 0 warning(s)\n"
+    )
 
 
 def test_usage_error_exits_2(workdir: Path) -> None:
@@ -183,20 +196,17 @@ def test_failing_policy_test_shows_expected_and_actual(workdir: Path, opa_bin: s
 
 @pytest.mark.integration
 def test_explain_names_rule_conditions_and_values(workdir: Path, opa_bin: str) -> None:
-    code, out, _ = run(
-        "policy",
-        "explain",
-        "routing.yaml",
-        "--rego",
-        str(ROOT / "rego"),
+    code, out, err = explain(
         "--input",
         '{"tenant": "enterprise-acme", "latency_budget_ms": 500, "cost_cap_per_1k": 0.001}',
     )
-    assert code == 0
-    lines = out.splitlines()
-    assert lines[0] == "decision: route to bedrock (fallback: none)"
-    assert lines[1] == "matched rule: #2 cost-capped (routing.yaml:17)"
-    assert lines[5:] == [
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "decision: route to bedrock (fallback: none)",
+        "matched rule: #2 cost-capped (routing.yaml:17)",
+        f"policy revision: {example_revision()}",
+        "",
+        "rules in order:",
         "  #0 pii-on-prem -> private-gpu: no match  (routing.yaml:6)",
         '      FAIL data_class == "pii-restricted"   actual: (absent)',
         "  #1 acme-low-latency -> anthropic: no match  (routing.yaml:12)",
@@ -212,40 +222,49 @@ def test_explain_shows_overrides_and_denies(workdir: Path, opa_bin: str) -> None
     (workdir / "in.json").write_text(
         json.dumps({"tenant": "globex", "labels": {"legal_hold": "true"}})
     )
-    code, out, _ = run(
-        "policy", "explain", "routing.yaml", "--rego", str(ROOT / "rego"), "--input", "in.json"
-    )
-    assert code == 0
-    assert out.splitlines()[:2] == [
+    code, out, err = explain("--input", "in.json")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
         "decision: route to private-gpu (fallback: none)",
         "override applied: legal_hold (compiled rules not used)",
+        f"policy revision: {example_revision()}",
+        "",
+        "rules in order:",
+        "  #0 pii-on-prem -> private-gpu: no match  (routing.yaml:6)",
+        '      FAIL data_class == "pii-restricted"   actual: (absent)',
+        "  #1 acme-low-latency -> anthropic: no match  (routing.yaml:12)",
+        '      FAIL tenant == "enterprise-acme"   actual: "globex"',
+        "      FAIL latency_budget_ms < 400   actual: (absent)",
+        "  #2 cost-capped -> bedrock: no match  (routing.yaml:17)",
+        "      FAIL cost_cap_per_1k < 0.002   actual: (absent)",
     ]
-    code, out, _ = run(
-        "policy",
-        "explain",
-        "routing.yaml",
-        "--rego",
-        str(ROOT / "rego"),
+    code, out, err = explain(
         "--json",
         "--input",
         '{"data_class": "pii-restricted", "labels": {"legal_hold": "true"}, "tenant": "t"}',
     )
-    assert code == 0
-    decision = json.loads(out)
-    assert decision["route_to"] == "private-gpu"
-    assert decision["overridden_by"] == "legal_hold"
-    assert decision["deny"] == []
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {
+        "route_to": "private-gpu",
+        "fallback": [],
+        "rule": None,
+        "conditions": [],
+        "overridden_by": "legal_hold",
+        "deny": [],
+        "revision": example_revision(),
+    }
 
 
 def test_explain_rejects_bad_input_with_exit_2(workdir: Path) -> None:
-    code, _, err = run("policy", "explain", "routing.yaml", "--input", "{not json")
+    code, _, err = explain("--input", "{not json")
     assert code == 2
-    assert "--input is not valid JSON" in err
-    code, _, err = run("policy", "explain", "routing.yaml", "--input", "missing.json")
+    assert err.startswith("error: --input is not valid JSON: ")
+    code, _, err = explain("--input", "missing.json")
     assert code == 2
-    assert "--input: cannot read missing.json" in err
-    code, _, err = run("policy", "explain", "routing.yaml", "--input", "[1]")
+    assert err == "error: --input: cannot read missing.json: No such file or directory\n"
+    code, _, err = explain("--input", "[1]")
     assert code == 2
+    assert err == "error: --input must be a JSON object (the request input document)\n"
 
 
 def test_missing_opa_binary_is_a_usage_error(
