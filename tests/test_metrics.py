@@ -148,8 +148,9 @@ def test_skipped_attempts_count_but_have_no_duration(
     )
     metrics.observe(record)
     got = collect(reader)
-    assert ({"endpoint": "private-gpu", "outcome": "circuit_open"}, 1) in got[
-        "kamiwaza.gateway.upstream.attempts"
+    assert got["kamiwaza.gateway.upstream.attempts"] == [
+        ({"endpoint": "private-gpu", "outcome": "circuit_open"}, 1),
+        ({"endpoint": "private-gpu-b", "outcome": "ok"}, 1),
     ]
     assert [a["endpoint"] for a, _ in got["kamiwaza.gateway.upstream.duration"]] == [
         "private-gpu-b"
@@ -165,10 +166,13 @@ def test_rule_labels() -> None:
     assert rule_label(None, None) == "none"
 
 
-def test_the_observer_never_raises(metrics: GatewayMetrics, reader: InMemoryMetricReader) -> None:
+def test_the_observer_never_raises(
+    metrics: GatewayMetrics, reader: InMemoryMetricReader, caplog: pytest.LogCaptureFixture
+) -> None:
     record = make_record()
     record.latency_ms = None  # type: ignore[assignment]
     metrics.observe(record)  # logged, not raised
+    assert "metrics: cannot record request req-1" in caplog.text
 
 
 def test_a_disabled_instance_records_nothing() -> None:
