@@ -190,7 +190,11 @@ def test_sampling_parameters_only_for_legacy_versions() -> None:
     current = claude.build_request(
         base, model="m", max_tokens_default=10, stream=False, sampling=False
     )
-    assert "temperature" not in current and "top_p" not in current
+    assert current == {
+        "model": "m",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
     assert [
         claude.accepts_sampling(v) for v in ("2023-06-01", "vertex-2023-10-16", "2026-10-21")
     ] == [
