@@ -41,7 +41,7 @@ from typing import Any
 from observability.audit import AuditRecord
 from observability.chain import KIND_DECISION, KIND_GAP, KIND_REQUEST
 from observability.decision_log import DecisionLogIngest
-from observability.sinks import Sink, SinkError, make_batch
+from observability.sinks import Batch, Sink, SinkError, make_batch
 from observability.spool import SealedData, Segment, Spool, SpoolError
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,9 @@ class AuditPipeline:
         self._ingest = DecisionLogIngest(self.write_event) if config.decision_logs else None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # The batch of the segment being shipped, kept while its upload is retried
+        # (the shipper's thread only): a retry does not read and compress it again.
+        self._batch: tuple[Segment, SealedData, Batch] | None = None
         self._closing = False
         self._started = False
         self._io_error_at = -1e9
@@ -419,18 +422,22 @@ class AuditPipeline:
                 self.last_error = None
 
     def _ship(self, seg: Segment) -> SealedData:
-        data = self._spool.read_sealed(seg)
-        batch = make_batch(
-            self.config.prefix,
-            seg.hour,
-            stream=data.stream,
-            first_seq=data.first_seq,
-            last_seq=data.last_seq,
-            records=data.count,
-            raw=data.raw,
-        )
+        if self._batch is None or self._batch[0] is not seg:
+            data = self._spool.read_sealed(seg)
+            batch = make_batch(
+                self.config.prefix,
+                seg.hour,
+                stream=data.stream,
+                first_seq=data.first_seq,
+                last_seq=data.last_seq,
+                records=data.count,
+                raw=data.raw,
+            )
+            self._batch = (seg, data, batch)
+        _, data, batch = self._batch
         self.sink.put(batch)
         self._spool.complete(seg, data)
+        self._batch = None
         return data
 
     # -- reporting -------------------------------------------------------------

@@ -49,6 +49,14 @@ async def test_records_are_shipped_as_gzip_json_lines_with_digests(tmp_path: Pat
 
 async def test_a_sink_outage_never_blocks_and_loses_nothing(tmp_path: Path) -> None:
     pipeline, sink = local_pipeline(tmp_path)
+    reads: list[str] = []
+    read_sealed = pipeline.spool.read_sealed
+
+    def counted(seg: Any) -> Any:
+        reads.append(seg.name)
+        return read_sealed(seg)
+
+    pipeline.spool.read_sealed = counted  # type: ignore[method-assign]
     await pipeline.start()
     sink.down = True
     for n in range(20):
@@ -62,6 +70,8 @@ async def test_a_sink_outage_never_blocks_and_loses_nothing(tmp_path: Path) -> N
     await pipeline.close()
     got = [r["request_id"] for r in request_records(str(tmp_path / "audit"))]
     assert got == [f"req-{n:04d}" for n in range(20)]
+    # Each segment was read (and compressed) once, however often its upload failed.
+    assert len(reads) == len(set(reads)) == pipeline.objects_shipped
 
 
 async def test_unshipped_records_ship_after_a_restart(tmp_path: Path) -> None:
