@@ -12,8 +12,11 @@ _endpoints := {
 test_pii_refuses_every_endpoint_outside_the_vpc if {
 	r := data.kamiwaza.guards.refusals with data.kamiwaza.endpoints as _endpoints
 		with input as {"data_class": "pii-restricted"}
-	object.keys(r) == {"saas", "unspecified", "stringly"}
-	r.saas == {`guard pii-in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "saas" is outside the VPC`}
+	r == {
+		"saas": {`guard pii-in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "saas" is outside the VPC`},
+		"unspecified": {`guard pii-in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "unspecified" is outside the VPC`},
+		"stringly": {`guard pii-in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "stringly" is outside the VPC`},
+	}
 }
 
 test_other_classes_refuse_nothing if {

@@ -25,6 +25,20 @@ _default := {
 
 _no_overrides := {}
 
+# A whole decision: the given fields over those of a refused, unrouted request.
+_decision(fields) := object.union(
+	{
+		"route_to": null,
+		"fallback": [],
+		"rule": null,
+		"conditions": [],
+		"overridden_by": null,
+		"deny": [],
+		"revision": null,
+	},
+	fields,
+)
+
 test_compiled_rule_wins_over_default if {
 	d := data.kamiwaza.route.decision with data.kamiwaza.endpoints as _endpoints
 		with data.kamiwaza.policy as {"match": _match, "default_route": _default, "revision": "sha256:x"}
@@ -78,8 +92,7 @@ test_revision_is_null_without_compiled_policy if {
 		with data.kamiwaza.policy as {}
 		with data.overrides as _no_overrides
 		with input as {}
-	d.revision == null
-	d.route_to == null
+	d == _decision({"deny": ["no route: no rule matched the request and the policy has no default"]})
 }
 
 test_forced_route_beats_compiled_rules if {
@@ -87,12 +100,7 @@ test_forced_route_beats_compiled_rules if {
 		with data.kamiwaza.policy as {"match": _match, "default_route": _default}
 		with data.overrides as {"zz": {"route": {"route_to": "saas-b"}}, "aa": {"route": {"route_to": "gpu", "fallback": ["gpu-b"]}}}
 		with input as {"tenant": "acme"}
-	d.route_to == "gpu"
-	d.fallback == ["gpu-b"]
-	d.overridden_by == "aa"
-	d.rule == null
-	d.conditions == []
-	d.deny == []
+	d == _decision({"route_to": "gpu", "fallback": ["gpu-b"], "overridden_by": "aa"})
 }
 
 test_override_deny_beats_forced_route if {
@@ -100,10 +108,7 @@ test_override_deny_beats_forced_route if {
 		with data.kamiwaza.policy as {"match": _match}
 		with data.overrides as {"a": {"route": {"route_to": "gpu"}}, "b": {"deny": {"suspended tenant"}}}
 		with input as {"tenant": "acme"}
-	d.route_to == null
-	d.fallback == []
-	d.overridden_by == "a"
-	d.deny == ["override b: suspended tenant"]
+	d == _decision({"overridden_by": "a", "deny": ["override b: suspended tenant"]})
 }
 
 test_malformed_override_route_is_a_deny if {
@@ -111,9 +116,11 @@ test_malformed_override_route_is_a_deny if {
 		with data.kamiwaza.policy as {"match": _match}
 		with data.overrides as {"bad": {"route": {"route_to": 7}}}
 		with input as {"tenant": "acme"}
-	d.route_to == null
-	d.overridden_by == null
-	d.deny == [`override bad returned a malformed route (want {"route_to": string, "fallback": [string]})`]
+	d == _decision({
+		"rule": _match.rule,
+		"conditions": _match.conditions,
+		"deny": [`override bad returned a malformed route (want {"route_to": string, "fallback": [string]})`],
+	})
 }
 
 test_route_to_unknown_endpoint_is_a_deny if {
@@ -121,8 +128,7 @@ test_route_to_unknown_endpoint_is_a_deny if {
 		with data.kamiwaza.policy as {"match": _match}
 		with data.overrides as {"o": {"route": {"route_to": "nowhere"}}}
 		with input as {"tenant": "acme"}
-	d.route_to == null
-	d.deny == [`endpoint "nowhere" is not in the endpoint registry`]
+	d == _decision({"overridden_by": "o", "deny": [`endpoint "nowhere" is not in the endpoint registry`]})
 }
 
 test_guard_refusal_of_selected_route_is_a_deny if {
@@ -130,9 +136,11 @@ test_guard_refusal_of_selected_route_is_a_deny if {
 		with data.kamiwaza.policy as {"match": _match}
 		with data.overrides as _no_overrides
 		with input as {"tenant": "acme", "data_class": "pii-restricted"}
-	d.route_to == null
-	d.rule == _match.rule
-	d.deny == [`guard pii-in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "saas" is outside the VPC`]
+	d == _decision({
+		"rule": _match.rule,
+		"conditions": _match.conditions,
+		"deny": [`guard pii-in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "saas" is outside the VPC`],
+	})
 }
 
 test_guards_bind_forced_routes if {
@@ -140,9 +148,10 @@ test_guards_bind_forced_routes if {
 		with data.kamiwaza.policy as {}
 		with data.overrides as {"o": {"route": {"route_to": "saas"}}}
 		with input as {"data_class": "pii-restricted"}
-	d.route_to == null
-	d.overridden_by == "o"
-	count(d.deny) == 1
+	d == _decision({
+		"overridden_by": "o",
+		"deny": [`guard pii-in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "saas" is outside the VPC`],
+	})
 }
 
 test_guards_drop_refused_and_unknown_fallbacks if {
@@ -150,9 +159,7 @@ test_guards_drop_refused_and_unknown_fallbacks if {
 		with data.kamiwaza.policy as {"match": object.union(_match, {"route_to": "gpu", "fallback": ["saas", "ghost", "gpu-b", "saas-b"]})}
 		with data.overrides as _no_overrides
 		with input as {"data_class": "pii-restricted"}
-	d.route_to == "gpu"
-	d.fallback == ["gpu-b"]
-	d.deny == []
+	d == _decision({"route_to": "gpu", "fallback": ["gpu-b"], "rule": _match.rule, "conditions": _match.conditions})
 }
 
 test_fallbacks_kept_when_no_guard_applies if {
@@ -160,7 +167,7 @@ test_fallbacks_kept_when_no_guard_applies if {
 		with data.kamiwaza.policy as {"match": object.union(_match, {"route_to": "gpu", "fallback": ["saas", "ghost", "gpu-b"]})}
 		with data.overrides as _no_overrides
 		with input as {"data_class": "internal"}
-	d.fallback == ["saas", "gpu-b"]
+	d == _decision({"route_to": "gpu", "fallback": ["saas", "gpu-b"], "rule": _match.rule, "conditions": _match.conditions})
 }
 
 test_empty_registry_denies_everything if {
@@ -168,6 +175,9 @@ test_empty_registry_denies_everything if {
 		with data.kamiwaza.policy as {"match": _match}
 		with data.overrides as _no_overrides
 		with input as {}
-	d.route_to == null
-	d.deny == [`endpoint "saas" is not in the endpoint registry`]
+	d == _decision({
+		"rule": _match.rule,
+		"conditions": _match.conditions,
+		"deny": [`endpoint "saas" is not in the endpoint registry`],
+	})
 }
