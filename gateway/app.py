@@ -44,6 +44,7 @@ from gateway.providers.base import (
 from gateway.settings import Settings
 from gateway.sidecar import OpaSidecar, go_runtime_env
 from gateway.upstream import (
+    Attempt,
     BreakerPolicy,
     ClientDisconnectedError,
     Forwarder,
@@ -301,7 +302,7 @@ async def _request_middleware(request: web.Request, handler: Handler) -> web.Str
             raise _from_http_exception(exc) from exc
         except (ClientDisconnectedError, ConnectionResetError, asyncio.CancelledError):
             # aiohttp cancels the handler when the client goes away.
-            _fail(record, CLIENT_CLOSED, "client_disconnected", "the client disconnected", None)
+            _fail(record, CLIENT_CLOSED, "client_disconnected", "the client disconnected")
             raise
         if not response.prepared:
             response.headers["X-Request-Id"] = request_id
@@ -309,29 +310,21 @@ async def _request_middleware(request: web.Request, handler: Handler) -> web.Str
             record.status = response.status
         return response
     except GatewayError as err:
-        _fail(
-            record,
-            err.status,
-            err.code,
-            err.message,
-            getattr(err, "attempts", None),
-            type_=err.type,
-        )
+        _fail(record, err.status, err.code, err.message, type_=err.type)
         return _error_response(err, request_id)
     except Exception:
         # Never a traceback to the client; the log has it, keyed by request id.
         log.exception("unhandled error in request %s", request_id)
-        _fail(record, 500, "internal_error", "internal error", None)
+        _fail(record, 500, "internal_error", "internal error")
         return _error_response(GatewayError(f"internal error (request {request_id})"), request_id)
     finally:
         if record is not None:
             trace = request.get(_TRACE)
             if trace is not None:
                 # What was tried, even when the request failed or was cancelled.
-                record.endpoint = record.endpoint or trace.endpoint
-                record.model = record.model or trace.model
-                if not record.attempts:
-                    record.attempts = [_audit_attempt(a) for a in trace.attempts]
+                record.endpoint = trace.endpoint
+                record.model = trace.model
+                record.attempts = [_audit_attempt(a) for a in trace.attempts]
             record.latency_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
             for observe in request.app[OBSERVERS]:
                 try:
@@ -361,7 +354,6 @@ def _fail(
     status: int,
     code: str,
     message: str,
-    attempts: Any,
     *,
     type_: str = "server_error",
 ) -> None:
@@ -369,11 +361,9 @@ def _fail(
         return
     record.status = status
     record.error = {"type": type_, "code": code, "message": message}
-    if attempts:
-        record.attempts = [_audit_attempt(a) for a in attempts]
 
 
-def _audit_attempt(attempt: Any) -> AuditAttempt:
+def _audit_attempt(attempt: Attempt) -> AuditAttempt:
     return AuditAttempt(
         endpoint=attempt.endpoint,
         status=attempt.status,
@@ -431,9 +421,6 @@ def _fill_decision(record: AuditRecord, decision: Decision) -> None:
 
 
 def _fill_result(record: AuditRecord, result: ForwardResult) -> None:
-    record.endpoint = result.endpoint
-    record.model = result.model
-    record.attempts = [_audit_attempt(a) for a in result.attempts]
     record.tokens = {"input": result.usage.input_tokens, "output": result.usage.output_tokens}
     record.cost_usd = result.cost_usd
     record.latency_ms["upstream"] = round(result.upstream_latency_ms, 3)
