@@ -353,6 +353,9 @@ async def test_client_disconnect_mid_stream_cancels_upstream(gw: Gateway) -> Non
     assert record["status"] == 499
     assert record["error"]["code"] == "client_disconnected"
     assert record["endpoint"] == "anthropic"
+    assert [(a["endpoint"], a["status"], a["error"]) for a in record["attempts"]] == [
+        ("anthropic", 200, "cancelled")  # TestServer cancels the handler, as serve does
+    ]
 
 
 async def test_every_request_leaves_exactly_one_audit_record(gw: Gateway) -> None:
