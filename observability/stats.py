@@ -15,10 +15,9 @@ Quantiles interpolate linearly between the two nearest ranks (numpy's default).
 
 Records come from a *source*: a directory (every `*.jsonl` and `*.jsonl.gz`
 below it, e.g. the gateway's `audit_dir` or a downloaded bucket prefix) or a
-single file. Other sources (`s3://bucket/prefix`, `gs://...`) are read by a
-reader registered with :func:`register_source` under the URL scheme; the audit
-pipeline's bucket reader plugs in there. Delivery is at least once, so records
-are de-duplicated by `request_id`.
+single file, or the audit pipeline's bucket (`s3://bucket/prefix`,
+`gs://bucket/prefix`). Delivery is at least once, so records are de-duplicated
+by `request_id`.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import gzip
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,21 +36,12 @@ from observability.audit_reader import SourceOptions, open_source, request_recor
 from observability.metrics import label, rule_label
 from observability.times import parse_moment, parse_timestamp
 
-# scheme -> reader(url, since, until) yielding record dicts (may yield records
-# outside the window: they are filtered again).
-SourceReader = Callable[[str, datetime, datetime], Iterable[Mapping[str, Any]]]
-_SOURCES: dict[str, SourceReader] = {}
 _DAY_IN_PATH = re.compile(r"(\d{4}-\d{2}-\d{2})")
 QUANTILES = (0.5, 0.95, 0.99)
 
 
 class StatsError(Exception):
     """A source cannot be read or an argument is invalid; the message says which."""
-
-
-def register_source(scheme: str, reader: SourceReader) -> None:
-    """Read `scheme://...` sources with `reader` (e.g. "s3", "gs")."""
-    _SOURCES[scheme] = reader
 
 
 # -- time ----------------------------------------------------------------------
@@ -136,7 +126,7 @@ def read_records(
     scheme = source.split("://", 1)[0] if "://" in source else None
     if scheme in ("s3", "gs"):
         try:
-            raw_bucket = request_records(
+            raw: Iterable[Mapping[str, Any]] = request_records(
                 open_source(source, options),
                 since=since - timedelta(hours=1),  # objects are keyed by their first record's hour
                 until=until,
@@ -144,15 +134,11 @@ def read_records(
         except Exception as err:  # boto3 / google-cloud-storage errors: name the source
             raise StatsError(f"{source}: {err}") from err
         report.files += 1
-        raw: Iterable[Mapping[str, Any]] = raw_bucket
     elif scheme is not None and scheme != "file":
-        reader = _SOURCES.get(scheme)
-        if reader is None:
-            raise StatsError(
-                f"{source}: no reader for {scheme}:// sources in this build "
-                "(read a local directory or a downloaded copy of the bucket prefix)"
-            )
-        raw = reader(source, since, until)
+        raise StatsError(
+            f"{source}: no reader for {scheme}:// sources in this build "
+            "(read a local directory or a downloaded copy of the bucket prefix)"
+        )
     else:
         path = Path(source.removeprefix("file://"))
         raw = _parse_files(_local_files(path, since, until), report)

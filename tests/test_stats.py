@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
-from observability import stats
 from observability.stats import StatsError, parse_time, quantile
 
 
@@ -198,23 +197,6 @@ def test_since_after_until_is_a_usage_error(audit_dir: Path) -> None:
     result = run(str(audit_dir), "--since", "1h", "--until", "2h")
     assert result.exit_code == 2
     assert "must be before" in result.stderr
-
-
-def test_a_registered_bucket_reader_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = []
-
-    def reader(url: str, since: datetime, until: datetime) -> list[dict[str, Any]]:
-        seen.append((url, since, until))
-        return [*RECORDS, *OUTSIDE, RECORDS[0]]  # filtered and de-duplicated again
-
-    monkeypatch.setitem(stats._SOURCES, "az", reader)
-    result = run("az://bucket/records", *WINDOW)
-    assert result.exit_code == 0, result.output
-    assert result.stdout == TABLE
-    assert seen == [
-        ("az://bucket/records", datetime(2025, 6, 1, 10, tzinfo=UTC),
-         datetime(2025, 6, 1, 11, tzinfo=UTC)),
-    ]  # fmt: skip
 
 
 def test_parse_time() -> None:
