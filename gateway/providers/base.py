@@ -157,10 +157,15 @@ class CredentialStore:
 
     def redact(self, text: str) -> str:
         """`text` with every loaded secret value replaced by `***`."""
-        for value in self._loaded:
-            if value in text:
-                text = text.replace(value, "***")
-        return text
+        return redact_values(text, self._loaded)
+
+
+def redact_values(text: str, values: Iterable[str]) -> str:
+    """`text` with each of `values` (secrets) replaced by `***`."""
+    for value in values:
+        if value and value in text:
+            text = text.replace(value, "***")
+    return text
 
 
 @dataclass(frozen=True, slots=True)

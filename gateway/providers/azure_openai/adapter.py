@@ -34,6 +34,7 @@ from gateway.providers.base import (
     UpstreamFailureError,
     UpstreamRequest,
     parse_retry_after,
+    redact_values,
 )
 from gateway.providers.openai_compatible import translate
 from gateway.providers.openai_compatible.adapter import OpenAICompatibleAdapter
@@ -206,11 +207,8 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
         return classify_azure_error(status, headers, body, redact=self.redact)
 
     def redact(self, text: str) -> str:
-        text = super().redact(text)
         token = self._entra_token
-        if token is not None and token.reveal() in text:
-            text = text.replace(token.reveal(), "***")
-        return text
+        return redact_values(super().redact(text), [token.reveal()] if token else [])
 
 
 def _filtered_categories(error: Mapping[str, Any]) -> list[str]:

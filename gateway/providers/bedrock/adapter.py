@@ -41,6 +41,7 @@ from gateway.providers.base import (
     Usage,
     encode_body,
     header,
+    redact_values,
 )
 from gateway.providers.bedrock import translate
 from gateway.providers.refresh import Refreshing
@@ -240,8 +241,4 @@ class BedrockAdapter(ProviderAdapter):
         )
 
     def redact(self, text: str) -> str:
-        text = super().redact(text)
-        for value in self._secrets:
-            if value in text:
-                text = text.replace(value, "***")
-        return text
+        return redact_values(super().redact(text), self._secrets)

@@ -22,7 +22,12 @@ import google.auth.transport.requests
 import requests
 from google.oauth2 import service_account
 
-from gateway.providers.base import ProviderConfigError, UpstreamFailure, UpstreamFailureError
+from gateway.providers.base import (
+    ProviderConfigError,
+    UpstreamFailure,
+    UpstreamFailureError,
+    redact_values,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +169,7 @@ class AccessTokens:
             return str(token)
 
     def redact(self, text: str) -> str:
-        for token in self._issued:
-            if token in text:
-                text = text.replace(token, "***")
-        return text
+        return redact_values(text, self._issued)
 
     def close(self) -> None:
         self._transport.close()
