@@ -214,7 +214,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "audit_spool_max_bytes": lambda v, w: _int(v, w, minimum=64 * 1024),
     "audit_spool_full": lambda v, w: _choice(v, w, ("refuse", "drop")),
     "audit_fsync_interval_ms": lambda v, w: _int(v, w, minimum=1),
-    "audit_batch_interval_s": _float,
+    "audit_batch_interval_s": _positive,
     "audit_batch_max_bytes": lambda v, w: _int(v, w, minimum=4096),
     "audit_retry_max_s": _float,
     "audit_local_max_file_bytes": lambda v, w: _int(v, w, minimum=4096),
@@ -317,5 +317,3 @@ def _cross_check(settings: Settings) -> None:
     needed = required.get(settings.audit_sink)
     if needed is not None and getattr(settings, needed) is None:
         raise SettingsError(f"{needed}: required when audit_sink is {settings.audit_sink}")
-    if settings.audit_batch_interval_s <= 0:
-        raise SettingsError("audit_batch_interval_s: must be positive")

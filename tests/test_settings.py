@@ -62,6 +62,10 @@ def test_env_lists_and_maps() -> None:
             {"KAMIWAZA_BREAKER_COOLDOWN_S": "-1"},
             "KAMIWAZA_BREAKER_COOLDOWN_S: must not be negative",
         ),
+        (
+            {"KAMIWAZA_AUDIT_BATCH_INTERVAL_S": "0"},
+            "KAMIWAZA_AUDIT_BATCH_INTERVAL_S: must be positive, got 0",
+        ),
         ({"KAMIWAZA_DEFAULT_DATA_CLASS": "secret"}, "default_data_class: 'secret' is not one of"),
         ({"KAMIWAZA_TENANT_FLOORS": "acme"}, "KAMIWAZA_TENANT_FLOORS: expected key=value pairs"),
         ({"KAMIWAZA_TENANT_FLOORS": "acme=top"}, "tenant_floors.acme: 'top' is not one of"),
