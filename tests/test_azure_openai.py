@@ -170,6 +170,15 @@ def test_azure_error_bodies() -> None:
         429, "rate_limit_exceeded", "Rate limit is exceeded.", True, 6.5, 429
     )
     failure = classify_azure_error(
+        503,
+        {"Retry-After": "2"},
+        b'{"error": {"code": "503", "message": "The service is busy."}}',
+        redact=str,
+    )
+    assert failure == UpstreamFailure(
+        502, "upstream_unavailable", "The service is busy.", True, 2.0, 503
+    )
+    failure = classify_azure_error(
         401, {}, b'{"error": {"code": "401", "message": "Access denied"}}', redact=str
     )
     assert (failure.status_for_client, failure.code, failure.retryable) == (

@@ -17,9 +17,10 @@ Azure serves the Chat Completions protocol itself, so this adapter subclasses
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -33,7 +34,7 @@ from gateway.providers.base import (
     UpstreamFailure,
     UpstreamFailureError,
     UpstreamRequest,
-    parse_retry_after,
+    failure_for_status,
     redact_values,
 )
 from gateway.providers.openai_compatible import translate
@@ -224,7 +225,7 @@ def _filtered_categories(error: Mapping[str, Any]) -> list[str]:
 
 
 def classify_azure_error(
-    status: int, headers: Mapping[str, str], body: bytes, *, redact: Any
+    status: int, headers: Mapping[str, str], body: bytes, *, redact: Callable[[str], str]
 ) -> UpstreamFailure:
     """Azure's errors: the OpenAI shape, with Azure's codes and content filter results."""
     try:
@@ -262,15 +263,7 @@ def classify_azure_error(
             )
     translated = translate.classify_error(status, headers, body, redact=redact)
     if translated.code.isdigit():
-        # Azure puts the HTTP status in `code`; that is no code.
-        defaults = translate.classify_error(status, headers, b"", redact=redact)
-        translated = UpstreamFailure(
-            translated.status_for_client,
-            defaults.code,
-            translated.message,
-            translated.retryable,
-            parse_retry_after(headers) if status in (429, 503) else translated.retry_after,
-            translated.upstream_status,
-            translated.timeout,
-        )
+        # Azure puts the HTTP status in `code`; that is no code: the status's own instead.
+        default = failure_for_status(status, message=None, code=None, retry_after=None).code
+        translated = dataclasses.replace(translated, code=default)
     return translated
