@@ -9,6 +9,9 @@ A case holds `policy.yaml` (and `endpoints.yaml`, else the shared
 - `decisions.yaml`: inputs and the whole decision OPA must return for each,
   evaluated by a real OPA server with the emitted Rego and rego/ loaded.
 
+The expected files were written by an earlier process, so `test_compile` also
+shows that output does not depend on hash seeds or set order.
+
 Set KAMIWAZA_UPDATE_GOLDEN=1 to rewrite the expected_* files from the current
 output (then review the diff: it is the test).
 """
@@ -73,18 +76,6 @@ def test_compile(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = emit(result.ir, result.registry.opa_data()) if result.ir is not None else {}
     _compare(case / "expected.rego", files.get(POLICY_FILE))
     _compare(case / "expected_test.rego", files.get(TEST_FILE))
-
-
-@pytest.mark.parametrize("case", CASES, ids=lambda p: p.name)
-def test_compile_is_deterministic(case: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = _check_case(case, monkeypatch)
-    second = _check_case(case, monkeypatch)
-    assert first.render_diagnostics() == second.render_diagnostics()
-    if first.ir is not None:
-        assert second.ir is not None
-        assert emit(first.ir, first.registry.opa_data()) == emit(
-            second.ir, second.registry.opa_data()
-        )
 
 
 VALID = [c for c in CASES if (c / "expected.rego").exists()]
