@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from observability.chain import GENESIS, entry_line, line_hash
 
@@ -89,10 +88,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, doc: dict[str, Any]) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` durably: an fsynced temporary file renamed over it,
+    then its directory fsynced (which also makes other new entries there durable)."""
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh)
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -220,7 +221,7 @@ class Spool:
             raise SpoolError(f"audit spool {path}: unreadable ({err})") from err
         # A new spool (or a new host name): a new stream, whose chain starts at 0.
         stream = f"{self.host}.{secrets.token_hex(4)}"
-        _write_atomic(path, {"host": self.host, "stream": stream})
+        write_atomic(path, json.dumps({"host": self.host, "stream": stream}))
         with contextlib.suppress(FileNotFoundError):
             (self.directory / "head.json").unlink()
         return stream
@@ -366,10 +367,8 @@ class Spool:
     def complete(self, seg: Segment, data: SealedData) -> None:
         """Mark a shipped segment done: remember the chain head, delete the file
         (worker thread; call `forget()` on the event loop afterwards)."""
-        _write_atomic(
-            self.directory / "head.json",
-            {"stream": data.stream, "seq": data.last_seq, "hash": data.last_hash},
-        )
+        head = {"stream": data.stream, "seq": data.last_seq, "hash": data.last_hash}
+        write_atomic(self.directory / "head.json", json.dumps(head))
         seg.path.unlink()
         fsync_dir(self.directory)
 

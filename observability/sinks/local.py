@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from observability.sinks import Batch, in_range, parse_key
-from observability.spool import fsync_dir
+from observability.spool import write_atomic
 
 
 def digest_path(path: Path) -> Path:
@@ -47,12 +47,7 @@ def write_digest(path: Path) -> None:
 
 
 def _commit_digest(path: Path, sha256: str, size: int) -> None:
-    tmp = digest_path(path).with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(f"{sha256}  {size}  {path.name}\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, digest_path(path))
+    write_atomic(digest_path(path), f"{sha256}  {size}  {path.name}\n")
 
 
 class LocalSink:
@@ -89,8 +84,8 @@ class LocalSink:
             fh.write(batch.gz)
             fh.flush()
             os.fsync(fh.fileno())
+        # Its directory is fsynced too: a new object's name is durable with it.
         _commit_digest(target, *self._digest(target, before, batch.gz))
-        fsync_dir(directory)
 
     def _digest(self, path: Path, before: int, appended: bytes) -> tuple[str, int]:
         """SHA-256 and size of `path` once `appended` went in at offset `before`."""
