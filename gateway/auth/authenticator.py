@@ -28,19 +28,22 @@ _MAX_CREDENTIAL_LENGTH = 8192
 def _credential(headers: Mapping[str, str]) -> str:
     """The one credential the request carries (header names are case-insensitive)."""
     found: set[str] = set()
-    for name, value in headers.items():
+    for name, raw in headers.items():
         lowered = name.lower()
-        if not value.strip():
+        if lowered != "authorization" and lowered not in _API_KEY_HEADERS:
+            continue
+        value = raw.strip()
+        if not value:
             continue  # a blank header carries no credential
         if lowered == "authorization":
-            scheme, _, token = value.strip().partition(" ")
+            scheme, _, token = value.partition(" ")
             if scheme.lower() != "bearer":
                 raise AuthenticationError(
                     "unsupported Authorization scheme; use 'Authorization: Bearer <key>'"
                 )
             found.add(token.strip())
-        elif lowered in _API_KEY_HEADERS:
-            found.add(value.strip())
+        else:
+            found.add(value)
     if not found:
         raise AuthenticationError(
             "missing credential; send 'Authorization: Bearer <API key or JWT>'",
