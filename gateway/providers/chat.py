@@ -1,5 +1,6 @@
 """Shared pieces for adapters that translate OpenAI Chat Completions to a
-provider's native API and back (Anthropic, Gemini on Vertex AI).
+provider's native API and back (Anthropic, Gemini on Vertex AI; Bedrock uses
+the answer-writing half and keeps its own request reader).
 
 The client always speaks OpenAI Chat Completions. Reading its request (system
 prompts, content parts, images as data URLs, tool definitions and calls, limits)
