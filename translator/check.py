@@ -407,13 +407,9 @@ class _PolicyChecker:
         return tests
 
     def _check_test_input(self, spec: LMap) -> dict[str, Any] | None:
-        node = spec.get("input")
-        if node is None:
-            return None
-        input_map = self.out.expect_map(node, "test 'input'", spec.pos)
+        input_map = self.out.expect_table(spec, "input", "test 'input'", INPUT_FIELDS)
         if input_map is None:
             return None
-        self.out.check_keys(input_map, INPUT_FIELDS, "test 'input'")
         for key, value_node in input_map.entries.items():
             if key not in INPUT_FIELDS:
                 continue
@@ -441,13 +437,9 @@ class _PolicyChecker:
         return result
 
     def _check_expect(self, spec: LMap, rule_names: set[str]) -> dict[str, Any] | None:
-        node = spec.get("expect")
-        if node is None:
-            return None
-        expect_map = self.out.expect_map(node, "test 'expect'", spec.pos)
+        expect_map = self.out.expect_table(spec, "expect", "test 'expect'", EXPECT_KEYS)
         if expect_map is None:
             return None
-        self.out.check_keys(expect_map, EXPECT_KEYS, "test 'expect'")
         if not expect_map.entries:
             self.out.err(
                 MISSING_KEY,

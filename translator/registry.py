@@ -278,13 +278,9 @@ def _check_endpoint(out: Collector, name: str, node: LNode, key_pos: Position) -
 
 
 def _check_auth(out: Collector, spec: LMap, where: str) -> dict[str, str]:
-    node = spec.get("auth")
-    if node is None:
-        return {}
-    auth = out.expect_map(node, f"{where}: 'auth'", spec.pos)
+    auth = out.expect_table(spec, "auth", f"{where}: 'auth'", AUTH_FIELDS, secret_values=True)
     if auth is None:
         return {}
-    out.check_keys(auth, AUTH_FIELDS, f"{where}: 'auth'", secret_values=True)
     result: dict[str, str] = {}
     for key, value_node in auth.entries.items():
         if key not in AUTH_FIELDS:
@@ -328,13 +324,9 @@ def _check_numbers(
     integer: bool = False,
 ) -> dict[str, float]:
     """The valid numbers of the table at `table_key`, by field (absent ones left out)."""
-    node = spec.get(table_key)
-    if node is None:
-        return {}
-    table = out.expect_map(node, f"{where}: '{table_key}'", spec.pos)
+    table = out.expect_table(spec, table_key, f"{where}: '{table_key}'", fields)
     if table is None:
         return {}
-    out.check_keys(table, fields, f"{where}: '{table_key}'")
     values: dict[str, float] = {}
     for key in fields:
         if (value_node := table.get(key)) is not None:

@@ -50,6 +50,25 @@ class Collector:
             return None
         return node
 
+    def expect_table(
+        self,
+        parent: LMap,
+        key: str,
+        what: str,
+        allowed: Iterable[str],
+        *,
+        secret_values: bool = False,
+    ) -> LMap | None:
+        """`parent[key]` as a mapping whose keys are checked against `allowed`; None
+        when it is absent (nothing reported) or not a mapping."""
+        node = parent.get(key)
+        if node is None:
+            return None
+        table = self.expect_map(node, what, parent.pos)
+        if table is not None:
+            self.check_keys(table, allowed, what, secret_values=secret_values)
+        return table
+
     def expect_seq(self, node: LNode, what: str) -> LSeq | None:
         if not isinstance(node, LSeq):
             self.wrong_type(node, what, "a list")
