@@ -1,6 +1,6 @@
 """The checked policy: typed, validated rules that still know where they came from.
 
-Produced by :mod:`translator.check`, consumed by :mod:`translator.lower`.
+Produced by :mod:`translator.check`, lowered by :mod:`translator.ir`.
 """
 
 from __future__ import annotations
