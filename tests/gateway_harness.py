@@ -36,7 +36,6 @@ def registry_yaml(upstreams: dict[str, FakeUpstream], *, first_token_ms: int = 2
     lines = ["endpoints:"]
     for name in ENDPOINT_NAMES:
         up = upstreams[name]
-        env = name.upper().replace("-", "_") + "_TOKEN"
         price_in, price_out = PRICING[name]
         lines += [
             f"  {name}:",
@@ -44,12 +43,17 @@ def registry_yaml(upstreams: dict[str, FakeUpstream], *, first_token_ms: int = 2
             f"    base_url: {up.url}",
             f"    model: model-of-{name}",
             f"    in_vpc: {'true' if IN_VPC[name] else 'false'}",
-            f"    auth: {{bearer_token_env: {env}}}",
+            f"    auth: {{bearer_token_env: {token_env(name)}}}",
             f"    pricing: {{input_per_1k: {price_in}, output_per_1k: {price_out}}}",
             "    timeouts:",
             f"      {{connect_ms: 1000, first_token_ms: {first_token_ms}, total_ms: 10000}}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def token_env(name: str) -> str:
+    """The variable holding the gateway's credential for endpoint `name`."""
+    return name.upper().replace("-", "_") + "_TOKEN"
 
 
 def token_of(name: str) -> str:
@@ -131,7 +135,7 @@ async def start_gateway(
         },
         environ={},
     )
-    environ = {name.upper().replace("-", "_") + "_TOKEN": token_of(name) for name in ENDPOINT_NAMES}
+    environ = {token_env(name): token_of(name) for name in ENDPOINT_NAMES}
     app = create_app(settings, environ=environ, tracing=tracing)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
