@@ -436,12 +436,18 @@ def _rule_header(decision: Decision) -> str:
     return str(decision.rule["name"]) if decision.rule else ""
 
 
+def _decision_headers(decision: Decision) -> dict[str, str]:
+    return {
+        "X-Kamiwaza-Rule": _rule_header(decision),
+        "X-Kamiwaza-Decision-Id": decision.decision_id or "",
+    }
+
+
 def _routing_headers(request_id: str, decision: Decision, endpoint: str) -> dict[str, str]:
     return {
         "X-Request-Id": request_id,
         "X-Kamiwaza-Endpoint": endpoint,
-        "X-Kamiwaza-Rule": _rule_header(decision),
-        "X-Kamiwaza-Decision-Id": decision.decision_id or "",
+        **_decision_headers(decision),
     }
 
 
@@ -538,12 +544,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         assert response is not None
         return response
     except UpstreamFailedError as err:
-        err.headers.update(
-            {
-                "X-Kamiwaza-Rule": _rule_header(decision),
-                "X-Kamiwaza-Decision-Id": decision.decision_id or "",
-            }
-        )
+        err.headers.update(_decision_headers(decision))
         raise
 
 

@@ -230,6 +230,24 @@ async def test_fallback_taken_when_the_first_endpoint_fails(gw: Gateway) -> None
     ]
 
 
+async def test_upstream_failure_still_names_the_rule_and_decision(gw: Gateway) -> None:
+    gw.upstreams["private-gpu"].fail(503)
+    gw.upstreams["private-gpu-b"].fail(503)
+    with pytest.raises(openai.APIStatusError) as info:
+        await routed(gw, "acme", headers={"X-Data-Class": "pii-restricted"})
+    assert info.value.status_code == 502
+    headers = info.value.response.headers
+    assert headers["X-Kamiwaza-Rule"] == "pii-on-prem"
+    assert headers["X-Kamiwaza-Decision-Id"]
+    assert headers["X-Request-Id"].startswith("req-")
+    (record,) = await gw.audit_records()
+    assert record["decision_id"] == headers["X-Kamiwaza-Decision-Id"]
+    assert [(a["endpoint"], a["status"], a["error"]) for a in record["attempts"]] == [
+        ("private-gpu", 503, "upstream_unavailable"),
+        ("private-gpu-b", 503, "upstream_unavailable"),
+    ]
+
+
 async def test_opa_down_gives_503_and_forwards_nothing(
     tmp_path: Path, fake_upstream: Any, opa_bin: str
 ) -> None:
