@@ -101,7 +101,7 @@ def _declared(headers: Mapping[str, str], body: Mapping[str, Any]) -> dict[str, 
         section = {}
     if not isinstance(section, dict):
         raise BadRequestError(f"'{BODY_FIELD}' must be an object", code="bad_metadata")
-    unknown = sorted(set(section) - set(_HEADERS))
+    unknown = sorted(section.keys() - _HEADERS.keys())
     if unknown:
         raise BadRequestError(
             f"unknown field(s) in '{BODY_FIELD}': {', '.join(unknown)} "

@@ -89,6 +89,18 @@ async def test_metadata_in_the_body_with_extra_body(gw: Gateway) -> None:
     assert record["labels"] == {"team": "x"}
 
 
+async def test_unknown_metadata_in_the_body_is_refused(gw: Gateway) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        await routed(gw, "acme", extra_body={"kamiwaza": {"colour": "red", "labels": {}}})
+    assert info.value.body == {
+        "message": "unknown field(s) in 'kamiwaza': colour (known: data_class, "
+        "latency_budget_ms, cost_cap_per_1k, labels)",
+        "type": "invalid_request_error",
+        "code": "bad_metadata",
+    }
+    assert sum(gw.upstream_requests().values()) == 0
+
+
 async def test_streaming_with_the_async_sdk(gw: Gateway) -> None:
     stream = await client(gw).chat.completions.create(
         model="gpt-4o",
