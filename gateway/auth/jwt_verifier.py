@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import time
@@ -40,6 +39,7 @@ import jwt
 
 from gateway.auth.identity import AuthConfigError, AuthUnavailableError, Identity, validate_name
 from gateway.errors import AuthenticationError
+from observability.hosts import is_loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -128,19 +128,10 @@ def _check_jwks_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise AuthConfigError("JWT: jwks_url must be an http:// or https:// URL")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         # Allowed for in-cluster identity providers, but a JWKS fetched in clear
         # text over a network can be replaced by anyone on the path.
         log.warning("JWT: jwks_url %s is plain http on a non-loopback host", url)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _build_key_table(

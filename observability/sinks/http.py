@@ -17,28 +17,19 @@ never followed (the token would go with them).
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 import urllib.error
 import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
+from observability.hosts import is_loopback_host
 from observability.sinks import Batch, SinkError
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class HttpSink:
@@ -50,7 +41,7 @@ class HttpSink:
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise SinkError(f"collector URL {url!r}: expected https://host/path")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
             raise SinkError(f"collector URL {url!r}: plain http only to a loopback address")
         if not token:
             raise SinkError("collector: the bearer token is empty")
