@@ -109,11 +109,7 @@ def load_policy(settings: Settings) -> tuple[Registry, dict[str, str]]:
     try:
         result, files = compile_policy(settings.policy, settings.endpoints)
     except PolicyError as err:
-        from translator.pipeline import check
-
-        report = check(settings.policy, settings.endpoints).render_diagnostics()
-        raise StartupError(f"the routing policy has errors:\n{report}") from err
-    assert result.registry is not None
+        raise StartupError(f"the routing policy has errors:\n{err.report}") from err
     return result.registry, files
 
 
