@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
-import sys
 
 log = logging.getLogger(__name__)
 
@@ -14,6 +12,13 @@ log = logging.getLogger(__name__)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 128 * 1024
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
+
+
+def _glibc() -> bool:
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (AttributeError, ValueError, OSError):  # not glibc, or not a POSIX confstr
+        return False
 
 
 def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
@@ -28,16 +33,10 @@ def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     Setting the threshold explicitly turns that adjustment off. An operator's
     `MALLOC_MMAP_THRESHOLD_` wins; on other C libraries this does nothing.
     """
-    if not sys.platform.startswith("linux") or MMAP_THRESHOLD_ENV in os.environ:
+    if MMAP_THRESHOLD_ENV in os.environ or not _glibc():
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # no libc by that name, or not glibc
-        return False
+    # The process's own symbols include libc's (no library search at start-up).
+    mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     if mallopt(M_MMAP_THRESHOLD, threshold) != 1:
