@@ -12,14 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp.test_utils import TestServer
-
-from gateway.app import create_app
 from gateway.auth import KeyStore
-from gateway.settings import load_settings
 from tests.fake_anthropic import FakeAnthropic
 from tests.fake_vertex import FakeVertex, ServiceAccount
-from tests.gateway_harness import ROOT, Gateway
+from tests.gateway_harness import Gateway, serve_gateway
 
 ANTHROPIC_KEY = "sk-ant-canary-9f8e7d6c5b4a"  # planted: must never reach a log or a client
 PROJECT = "test-project"
@@ -130,28 +126,19 @@ async def start_provider_gateway(tmp_path: Path, providers: Providers) -> Gatewa
     key_file.write_text(ANTHROPIC_KEY + "\n")
     (workdir / "routing.yaml").write_text(POLICY)
     (workdir / "endpoints.yaml").write_text(registry_yaml(providers, key_file))
-    keys_file = workdir / "keys.json"
-    store = KeyStore.load(keys_file, missing_ok=True)
+    store = KeyStore.load(workdir / "keys.json", missing_ok=True)
     keys = {"acme": store.create(tenant="enterprise-acme", user="u-17", roles=["analyst"])[1]}
-    audit_dir = workdir / "audit"
-    settings = load_settings(
+    return await serve_gateway(
+        workdir,
+        keys=keys,
+        environ={
+            "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+            "VERTEX_SERVICE_ACCOUNT": providers.account.path.read_text(),
+        },
         overrides={
-            "policy": str(workdir / "routing.yaml"),
-            "keys": str(keys_file),
-            "audit_dir": str(audit_dir),
-            "rego_dir": str(ROOT / "rego"),
             # Error tests fail endpoints on purpose, many times in a row.
             "breaker_failures": 1000,
             # Generous: these tests are about providers, not OPA under a busy machine.
             "opa_timeout_ms": 2000,
         },
-        environ={},
     )
-    environ = {
-        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
-        "VERTEX_SERVICE_ACCOUNT": providers.account.path.read_text(),
-    }
-    app = create_app(settings, environ=environ)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    return Gateway(app, server, {}, keys, audit_dir, workdir)

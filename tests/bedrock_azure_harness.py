@@ -30,14 +30,12 @@ from typing import Any
 
 import openai
 import pytest
-from aiohttp.test_utils import TestServer
 
-from gateway.app import FORWARDER, create_app
+from gateway.app import FORWARDER
 from gateway.auth import KeyStore
-from gateway.settings import load_settings
 from tests.fake_azure import FakeAzure
 from tests.fake_bedrock import FakeBedrock, FakeSts
-from tests.gateway_harness import ROOT, Gateway
+from tests.gateway_harness import Gateway, serve_gateway
 
 BEDROCK_MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 ROLE_ARN = "arn:aws:iam::123456789012:role/kamiwaza-bedrock"
@@ -191,24 +189,13 @@ async def start_providers(workdir: Path) -> Providers:
     ).start()
     (workdir / "routing.yaml").write_text(policy_yaml())
     (workdir / "endpoints.yaml").write_text(registry_yaml(bedrock, sts, azure))
-    keys_file = workdir / "keys.json"
-    store = KeyStore.load(keys_file, missing_ok=True)
+    store = KeyStore.load(workdir / "keys.json", missing_ok=True)
     key = store.create(tenant="enterprise-acme", user="u-1", roles=["analyst"])[1]
-    audit_dir = workdir / "audit"
-    settings = load_settings(
-        overrides={
-            "policy": str(workdir / "routing.yaml"),
-            "keys": str(keys_file),
-            "audit_dir": str(audit_dir),
-            "rego_dir": str(ROOT / "rego"),
-        },
-        environ={},
+    gateway = await serve_gateway(
+        workdir,
+        keys={"acme": key},
+        environ={"AZURE_OPENAI_API_KEY": AZURE_KEY, "AZURE_CLIENT_SECRET": ENTRA_SECRET},
     )
-    environ = {"AZURE_OPENAI_API_KEY": AZURE_KEY, "AZURE_CLIENT_SECRET": ENTRA_SECRET}
-    app = create_app(settings, environ=environ)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    gateway = Gateway(app, server, {}, {"acme": key}, audit_dir, workdir)
     return Providers(gateway, bedrock, sts, azure, key)
 
 

@@ -110,8 +110,7 @@ async def start_gateway(
     else:
         (workdir / "routing.yaml").write_text(policy)
     (workdir / "endpoints.yaml").write_text(registry_yaml(upstreams, first_token_ms=first_token_ms))
-    keys_file = workdir / "keys.json"
-    store = KeyStore.load(keys_file, missing_ok=True)
+    store = KeyStore.load(workdir / "keys.json", missing_ok=True)
     keys = {
         "acme": store.create(tenant="enterprise-acme", user="u-17", roles=["analyst"])[1],
         "globex": store.create(tenant="globex", user="u-2", roles=["dev", "admin"])[1],
@@ -122,21 +121,43 @@ async def start_gateway(
         )[1],
         "hospital": store.create(tenant="hospital", user="dr-who")[1],
     }
-    audit_dir = workdir / "audit"
-    settings = load_settings(
+    return await serve_gateway(
+        workdir,
+        keys=keys,
+        environ={token_env(name): token_of(name) for name in ENDPOINT_NAMES},
         overrides={
-            "policy": str(workdir / "routing.yaml"),
-            "keys": str(keys_file),
-            "audit_dir": str(audit_dir),
-            "rego_dir": str(ROOT / "rego"),
             "opa_url": opa_url,
             "tenant_floors": {"hospital": "pii-restricted"},
             **(settings_overrides or {}),
         },
+        upstreams=upstreams,
+        tracing=tracing,
+    )
+
+
+async def serve_gateway(
+    workdir: Path,
+    *,
+    keys: dict[str, str],
+    environ: dict[str, str],
+    overrides: dict[str, Any] | None = None,
+    upstreams: dict[str, Any] | None = None,
+    tracing: GatewayTracing | None = None,
+) -> Gateway:
+    """The gateway on `workdir`'s routing.yaml, endpoints.yaml and keys.json (which
+    holds `keys`), auditing to `workdir/audit`, on a loopback test server."""
+    audit_dir = workdir / "audit"
+    settings = load_settings(
+        overrides={
+            "policy": str(workdir / "routing.yaml"),
+            "keys": str(workdir / "keys.json"),
+            "audit_dir": str(audit_dir),
+            "rego_dir": str(ROOT / "rego"),
+            **(overrides or {}),
+        },
         environ={},
     )
-    environ = {token_env(name): token_of(name) for name in ENDPOINT_NAMES}
     app = create_app(settings, environ=environ, tracing=tracing)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    return Gateway(app, server, upstreams, keys, audit_dir, workdir)
+    return Gateway(app, server, upstreams or {}, keys, audit_dir, workdir)
