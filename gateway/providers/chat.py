@@ -346,19 +346,24 @@ def count(value: Any) -> int:
     return int(value)
 
 
-def json_event(data: bytes) -> dict[str, Any]:
-    """A stream event's JSON object; a bad response (502, fail over) when it is not one."""
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         payload = json.loads(data)
     except ValueError:
-        raise UpstreamFailureError(
-            bad_response("the upstream sent a stream event that is not JSON")
-        ) from None
+        raise UpstreamFailureError(bad_response(f"{what} is not JSON")) from None
     if not isinstance(payload, dict):
-        raise UpstreamFailureError(
-            bad_response("the upstream sent a stream event that is not a JSON object")
-        )
+        raise UpstreamFailureError(bad_response(f"{what} is not a JSON object"))
     return payload
+
+
+def json_event(data: bytes) -> dict[str, Any]:
+    """A stream event's JSON object; a bad response (502, fail over) when it is not one."""
+    return _json_object(data, "the upstream sent a stream event that")
+
+
+def json_answer(raw: bytes) -> dict[str, Any]:
+    """A non-streamed answer's JSON object; a bad response (502, fail over) when it is not one."""
+    return _json_object(raw, "the upstream's answer")
 
 
 EventHandler = Callable[[str | None, bytes, list[bytes]], None]

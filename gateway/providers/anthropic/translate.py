@@ -44,6 +44,7 @@ from gateway.providers.chat import (
     feed_sse,
     flush_sse,
     function_tools,
+    json_answer,
     json_event,
     json_schema_format,
     max_output_tokens,
@@ -266,12 +267,7 @@ def parse_message(
     raw: bytes, *, redact: Callable[[str], str]
 ) -> tuple[dict[str, Any], Usage | None]:
     """A 2xx non-streamed answer (a `message`) as a `chat.completion`."""
-    try:
-        message = json.loads(raw)
-    except ValueError:
-        raise UpstreamFailureError(bad_response("the upstream's answer is not JSON")) from None
-    if not isinstance(message, dict):
-        raise UpstreamFailureError(bad_response("the upstream's answer is not a JSON object"))
+    message = json_answer(raw)
     if message.get("type") == "error":
         raise UpstreamFailureError(error_event_failure(message, redact=redact))
     content = message.get("content")

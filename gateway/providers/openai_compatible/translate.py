@@ -34,6 +34,7 @@ from gateway.providers.chat import (
     client_wants_usage,
     estimated_usage,
     feed_sse,
+    json_answer,
     json_event,
     stream_truncated,
     usage_chunk,
@@ -93,12 +94,7 @@ def parse_usage(usage: Any, *, prompt_estimate: int | None = None) -> Usage | No
 
 def parse_completion(raw: bytes) -> tuple[dict[str, Any], Usage | None]:
     """A 2xx non-streamed answer: the `chat.completion` object and its usage."""
-    try:
-        completion = json.loads(raw)
-    except ValueError:
-        raise UpstreamFailureError(bad_response("the upstream's answer is not JSON")) from None
-    if not isinstance(completion, dict):
-        raise UpstreamFailureError(bad_response("the upstream's answer is not a JSON object"))
+    completion = json_answer(raw)
     if "error" in completion and "choices" not in completion:
         raise UpstreamFailureError(_error_object_failure(completion["error"], 502))
     if not isinstance(completion.get("choices"), list):

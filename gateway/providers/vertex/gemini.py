@@ -51,6 +51,7 @@ from gateway.providers.chat import (
     feed_sse,
     flush_sse,
     function_tools,
+    json_answer,
     json_event,
     json_schema_format,
     max_output_tokens,
@@ -288,12 +289,7 @@ def parse_response(
     raw: bytes, *, model: str, redact: Callable[[str], str]
 ) -> tuple[dict[str, Any], Usage | None]:
     """A 2xx non-streamed `GenerateContentResponse` as a `chat.completion`."""
-    try:
-        response = json.loads(raw)
-    except ValueError:
-        raise UpstreamFailureError(bad_response("the upstream's answer is not JSON")) from None
-    if not isinstance(response, dict):
-        raise UpstreamFailureError(bad_response("the upstream's answer is not a JSON object"))
+    response = json_answer(raw)
     if "error" in response:
         raise UpstreamFailureError(error_object_failure(response, redact=redact))
     candidate, parts = _candidate_parts(response)
