@@ -19,12 +19,13 @@ import yaml
 
 from gateway.auth.identity import AuthConfigError
 from gateway.auth.jwt_verifier import JwtSettings
+from gateway.errors import ConfigError
+from translator.classes import DEFAULT_DATA_CLASSES, classes_data
 
 ENV_PREFIX = "KAMIWAZA_"
-DEFAULT_DATA_CLASSES = ("public", "internal", "confidential", "pii-restricted")
 
 
-class SettingsError(Exception):
+class SettingsError(ConfigError):
     """A configuration value is missing or invalid; the message names it."""
 
 
@@ -73,6 +74,9 @@ class Settings:
     opa_gogc: int = 400
     max_body_bytes: int = 4 * 1024 * 1024
     data_classes: tuple[str, ...] = DEFAULT_DATA_CLASSES
+    # Classes whose requests may only reach `in_vpc: true` endpoints (the in-VPC
+    # guard). None: the highest of data_classes.
+    in_vpc_data_classes: tuple[str, ...] | None = None
     default_data_class: str = "internal"
     # The lowest data class each tenant's requests may carry.
     tenant_floors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -94,6 +98,10 @@ class Settings:
 
     def data_class_rank(self, name: str) -> int:
         return self.data_classes.index(name)
+
+    def classes_data(self) -> dict[str, Any]:
+        """`data.kamiwaza.classes` for OPA (translator.classes)."""
+        return classes_data(self.data_classes, self.in_vpc_data_classes)
 
 
 def _int(value: Any, where: str, minimum: int = 0) -> int:
@@ -238,6 +246,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "opa_gogc": lambda v, w: _int(v, w, minimum=0),
     "max_body_bytes": lambda v, w: _int(v, w, minimum=1024),
     "data_classes": _str_list,
+    "in_vpc_data_classes": lambda v, w: None if v in (None, "") else _str_list(v, w),
     "default_data_class": _str,
     "tenant_floors": _str_map,
     "breaker_failures": lambda v, w: _int(v, w, minimum=1),
@@ -310,6 +319,9 @@ def _cross_check(settings: Settings) -> None:
         raise SettingsError(
             f"default_data_class: {settings.default_data_class!r} is not one of data_classes"
         )
+    for name in settings.in_vpc_data_classes or ():
+        if name not in classes:
+            raise SettingsError(f"in_vpc_data_classes: {name!r} is not one of data_classes")
     for tenant, floor in settings.tenant_floors.items():
         if floor not in classes:
             raise SettingsError(f"tenant_floors.{tenant}: {floor!r} is not one of data_classes")

@@ -30,6 +30,7 @@ class AuditRecord:
     request_id: str
     timestamp: str  # RFC 3339, UTC, when the request arrived
     path: str
+    operation: str | None = None  # chat | embeddings | messages | responses
     status: int = 0  # HTTP status returned to the client
     stream: bool = False
     # Who.
@@ -88,10 +89,3 @@ class AuditRecord:
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def cost_usd(
-    input_tokens: int, output_tokens: int, input_per_1k: float, output_per_1k: float
-) -> float:
-    """Cost from the registry's per-1k-token prices, rounded to a nano-dollar."""
-    return round(input_tokens / 1000 * input_per_1k + output_tokens / 1000 * output_per_1k, 9)

@@ -41,12 +41,12 @@ codes from small fixed sets. Request ids, user ids, key ids and the model a
 client asked for (free text) are never attributes. A missing value is "none".
 
 **Audit pipeline gauges (the interface for the audit spool).** The spool
-registers a snapshot callback; the exporter thread calls it at each export::
+registers a snapshot callback; the exporter thread calls it at each export
+(`metrics` is the GatewayMetrics the composition root holds)::
 
-    from gateway.app import METRICS
     from observability.metrics import AuditPipelineSnapshot
 
-    unregister = app[METRICS].register_audit_pipeline(
+    unregister = metrics.register_audit_pipeline(
         "s3", lambda: AuditPipelineSnapshot(depth=spool.depth, lag_s=spool.lag_s,
                                             shipped=spool.shipped, ship_failures=spool.failures)
     )

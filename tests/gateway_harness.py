@@ -11,9 +11,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.app import AUDIT, create_app
+from gateway.app import create_app
 from gateway.auth import KeyStore
 from gateway.settings import load_settings
+from gateway.state import AUDIT
 from observability.audit_reader import request_records
 from observability.tracing import GatewayTracing
 from tests.fake_upstream import FakeUpstream

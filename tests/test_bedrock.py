@@ -13,7 +13,7 @@ import pytest
 from botocore.eventstream import EventStreamBuffer
 from botocore.validate import ParamValidator
 
-from gateway.providers import UpstreamFailureError
+from gateway.providers import AttemptFailed
 from gateway.providers.bedrock import translate
 from gateway.providers.bedrock.eventstream import EventStreamDecoder, EventStreamError
 from tests.bedrock_azure_harness import BEDROCK_MODEL
@@ -487,7 +487,7 @@ def test_stream_exception_mid_stream_keeps_earlier_frames() -> None:
         + event("contentBlockDelta", {"delta": {"text": "Hel"}, "contentBlockIndex": 0})
         + exception("modelStreamErrorException", "The model stream failed")
     )
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         t.feed(data)
     failure = info.value.failure
     assert (failure.status_for_client, failure.code, failure.message, failure.retryable) == (
@@ -512,7 +512,7 @@ def test_stream_exception_mid_stream_keeps_earlier_frames() -> None:
     ],
 )
 def test_stream_exception_types(kind: str, expected: tuple[int, str, bool]) -> None:
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         translator().feed(exception(kind, "failed"))
     failure = info.value.failure
     assert (failure.status_for_client, failure.code, failure.retryable) == expected
@@ -521,13 +521,13 @@ def test_stream_exception_types(kind: str, expected: tuple[int, str, bool]) -> N
 def test_stream_cut_before_message_stop_is_truncated() -> None:
     t = translator()
     t.feed(event("messageStart", {"role": "assistant"}))
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         t.finish()
     assert info.value.failure.code == "upstream_stream_truncated"
     t = translator()
     whole = event("messageStop", {"stopReason": "end_turn"})
     t.feed(whole + whole[:10])  # a partial frame left at EOF
-    with pytest.raises(UpstreamFailureError):
+    with pytest.raises(AttemptFailed):
         t.finish()
 
 
@@ -561,7 +561,7 @@ def test_stream_without_metadata_estimates_usage() -> None:
 def test_stream_exception_before_any_content_sends_nothing_so_it_can_fail_over() -> None:
     t = translator()
     assert t.feed(event("messageStart", {"role": "assistant"})) == []
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         t.feed(exception("throttlingException", "slow down"))
     assert info.value.frames == []
     assert info.value.failure.retryable

@@ -131,8 +131,13 @@ def test_compile_writes_policy_tests_and_data(workdir: Path) -> None:
     assert data["kamiwaza"]["endpoints"]["private-gpu"] == {
         "type": "openai-compatible",
         "in_vpc": True,
+        "operations": ["chat", "messages", "responses"],
         "model": "meta-llama/Llama-3.1-70B-Instruct",
         "pricing": {"input_per_1k": 0.0002, "output_per_1k": 0.0002},
+    }
+    assert data["kamiwaza"]["classes"] == {
+        "order": ["public", "internal", "confidential", "pii-restricted"],
+        "in_vpc_only": ["pii-restricted"],
     }
     # No credential reference reaches OPA's data (OPA logs and serves it).
     assert "_env" not in (workdir / "out" / "data.json").read_text()

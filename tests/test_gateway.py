@@ -211,7 +211,7 @@ async def test_pii_guard_holds_whatever_the_yaml_says(
         with pytest.raises(openai.PermissionDeniedError) as info:
             await routed(gw, "acme", headers={"X-Data-Class": "pii-restricted"})
         assert info.value.body["deny"] == [
-            "guard pii-in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "
+            "guard in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "
             '"anthropic" is outside the VPC'
         ]
         # Fallbacks are bound too: PII never fails over to SaaS.

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from tests.opa_server import OpaServer
+from translator.classes import classes_data
 from translator.emit import POLICY_FILE, TEST_FILE, emit
 from translator.opa import run_tests
 from translator.pipeline import CheckResult, check, compile_policy, write_output
@@ -120,6 +121,7 @@ def test_decisions_in_real_opa(
     assert result.ir is not None
     shared_opa.put_policy("golden-compiled", files[POLICY_FILE])
     shared_opa.put_data("kamiwaza/endpoints", result.registry.opa_data())
+    shared_opa.put_data("kamiwaza/classes", classes_data())
     try:
         examples: list[dict[str, Any]] = yaml.safe_load(
             (case / "decisions.yaml").read_text(encoding="utf-8")

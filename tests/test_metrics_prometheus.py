@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 
-from gateway.app import METRICS, OBSERVERS
 from gateway.cli import main
+from gateway.state import METRICS, OBSERVERS
 from observability.metrics import (
     DURATION_BUCKETS_S,
     POLICY_BUCKETS_S,

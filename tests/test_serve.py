@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from gateway.app import StartupError, create_app
+from gateway.app import create_app
 from gateway.auth import KeyStore
+from gateway.errors import StartupError
 from gateway.settings import load_settings
 from observability.audit_reader import request_records
 from tests.processes import free_port

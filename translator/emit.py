@@ -15,6 +15,7 @@ from typing import Any
 import jinja2
 
 from translator import rego
+from translator.classes import classes_data
 from translator.ir import IRBranch, IRCondition, IRPolicy, IRTest
 
 POLICY_FILE = "kamiwaza/policy/policy.rego"
@@ -49,8 +50,14 @@ class _TestView:
     report: str
 
 
-def emit(ir: IRPolicy, registry_data: dict[str, Any]) -> dict[str, str]:
-    """All generated files, by path relative to the output directory."""
+def emit(
+    ir: IRPolicy, registry_data: dict[str, Any], classes: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """All generated files, by path relative to the output directory.
+
+    `classes` is `data.kamiwaza.classes` (:func:`translator.classes.classes_data`;
+    default: the built-in classes)."""
+    data = {"endpoints": registry_data, "classes": classes or classes_data()}
     files = {
         POLICY_FILE: _render(
             "policy.rego.j2",
@@ -60,7 +67,7 @@ def emit(ir: IRPolicy, registry_data: dict[str, Any]) -> dict[str, str]:
             default=_branch_view(ir.default) if ir.default else None,
             any_helper=ir.uses_any_helper,
         ),
-        DATA_FILE: json.dumps({"kamiwaza": {"endpoints": registry_data}}, indent=2) + "\n",
+        DATA_FILE: json.dumps({"kamiwaza": data}, indent=2) + "\n",
     }
     if ir.tests:
         files[TEST_FILE] = _render(

@@ -46,6 +46,7 @@ MISSING_KEY = "E011"
 DUPLICATE_KEY = "E012"
 BAD_VALUE = "E013"
 SHADOWED_RULE = "W001"
+UNSERVED_OPERATION = "W002"
 
 
 @dataclass(frozen=True, slots=True)

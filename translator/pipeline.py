@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from translator.check import check_policy
 from translator.errors import MISSING_KEY, YAML_SYNTAX, Diagnostic, PolicyError, Position, error
@@ -107,15 +108,20 @@ def check(policy_path: str, registry_path: str | None = None) -> CheckResult:
 
 
 def compile_policy(
-    policy_path: str, registry_path: str | None = None
+    policy_path: str,
+    registry_path: str | None = None,
+    *,
+    classes: dict[str, Any] | None = None,
 ) -> tuple[CheckResult, dict[str, str]]:
-    """Check and emit. Raises :class:`PolicyError` when the policy has errors."""
+    """Check and emit. Raises :class:`PolicyError` when the policy has errors.
+
+    `classes` is `data.kamiwaza.classes` (default: the built-in data classes)."""
     from translator.emit import emit  # jinja2 is only needed to emit
 
     result = check(policy_path, registry_path)
     if result.ir is None:  # set only when there is no error
         raise PolicyError(result.diagnostics, result.render_diagnostics())
-    return result, emit(result.ir, result.registry.opa_data())
+    return result, emit(result.ir, result.registry.opa_data(), classes)
 
 
 def write_output(files: dict[str, str], out_dir: str) -> list[str]:

@@ -27,14 +27,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from gateway.providers.base import (
-    MAX_ERROR_MESSAGE,
-    UpstreamFailure,
-    UpstreamFailureError,
-    Usage,
-    header,
-    parse_retry_after,
-)
 from gateway.providers.bedrock.eventstream import (
     EventStreamDecoder,
     EventStreamError,
@@ -48,6 +40,14 @@ from gateway.providers.chat import (
     count,
     json_event,
 )
+from gateway.providers.failures import (
+    MAX_ERROR_MESSAGE,
+    AttemptFailed,
+    AttemptFailure,
+    header,
+    parse_retry_after,
+)
+from gateway.providers.usage import Usage
 
 # Converse stopReason -> OpenAI finish_reason.
 FINISH_REASONS: Final[Mapping[str, str]] = {
@@ -102,9 +102,9 @@ class RequestError(ValueError):
     """The client's body cannot be expressed as a Converse request (a 400)."""
 
 
-def invalid_request(message: str) -> UpstreamFailureError:
+def invalid_request(message: str) -> AttemptFailed:
     """A client error found before sending: 400, and no failover (the request is at fault)."""
-    return UpstreamFailureError(UpstreamFailure(400, "invalid_request", message, False))
+    return AttemptFailed(AttemptFailure(400, "invalid_request", message, False))
 
 
 # ---------------------------------------------------------------------------
@@ -429,12 +429,12 @@ def parse_converse(
     try:
         answer = json.loads(raw)
     except ValueError:
-        raise UpstreamFailureError(bad_response("the upstream's answer is not JSON")) from None
+        raise AttemptFailed(bad_response("the upstream's answer is not JSON")) from None
     output = answer.get("output") if isinstance(answer, dict) else None
     message = output.get("message") if isinstance(output, dict) else None
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, list):
-        raise UpstreamFailureError(
+        raise AttemptFailed(
             bad_response("the upstream's answer is not a Converse response (no output.message)")
         )
     texts: list[str] = []
@@ -511,14 +511,14 @@ def classify(
     *,
     status: int | None,
     retry_after: float | None = None,
-) -> UpstreamFailure:
+) -> AttemptFailure:
     """The gateway's failure for an AWS error type (HTTP answers and stream exceptions)."""
     name = (kind or "").lower()
     text = (message or "").strip()[:MAX_ERROR_MESSAGE]
     if name.endswith("exception"):
         name = name[: -len("exception")]
     if name in {"throttling", "servicequotaexceeded"}:
-        return UpstreamFailure(
+        return AttemptFailure(
             429,
             "rate_limit_exceeded",
             text or "Bedrock is throttling requests",
@@ -528,18 +528,18 @@ def classify(
         )
     if name in ("serviceunavailable", "modelnotready"):
         code = "model_not_ready" if name == "modelnotready" else "overloaded"
-        return UpstreamFailure(
+        return AttemptFailure(
             503, code, text or "Bedrock is unavailable", True, retry_after, status
         )
     if name == "modeltimeout":
-        return UpstreamFailure(
+        return AttemptFailure(
             504, "model_timeout", text or "the model timed out", True, None, status, timeout=True
         )
     if name in ("internalserver", "modelerror", "modelstreamerror"):
         code = {"internalserver": "upstream_error", "modelerror": "model_error"}.get(
             name, "model_stream_error"
         )
-        return UpstreamFailure(502, code, text or "the model failed", True, retry_after, status)
+        return AttemptFailure(502, code, text or "the model failed", True, retry_after, status)
     if name in (
         "accessdenied",
         "unrecognizedclient",
@@ -551,7 +551,7 @@ def classify(
     ):
         # The gateway's AWS identity was refused: the operator's problem; another
         # endpoint (with its own identity) may serve the request.
-        return UpstreamFailure(
+        return AttemptFailure(
             502,
             "upstream_auth_failed",
             f"Bedrock refused the gateway's AWS credentials ({kind})",
@@ -560,7 +560,7 @@ def classify(
             status,
         )
     if name == "resourcenotfound":
-        return UpstreamFailure(
+        return AttemptFailure(
             502,
             "upstream_model_not_found",
             text or "the model is not available on this Bedrock endpoint",
@@ -570,12 +570,12 @@ def classify(
         )
     if name == "validation":
         if _CONTEXT_TOO_LONG.search(text):
-            return UpstreamFailure(400, CONTEXT_LENGTH_EXCEEDED, text, False, None, status)
-        return UpstreamFailure(
+            return AttemptFailure(400, CONTEXT_LENGTH_EXCEEDED, text, False, None, status)
+        return AttemptFailure(
             400, "invalid_request", text or "Bedrock rejected the request", False, None, status
         )
     if status is not None and 400 <= status < 500 and status not in (401, 403, 408, 429):
-        return UpstreamFailure(
+        return AttemptFailure(
             status,
             "upstream_bad_request",
             text or f"Bedrock rejected the request ({kind})",
@@ -583,7 +583,7 @@ def classify(
             None,
             status,
         )
-    return UpstreamFailure(
+    return AttemptFailure(
         502,
         "upstream_error",
         text or f"Bedrock failed ({kind or f'HTTP {status}'})",
@@ -595,7 +595,7 @@ def classify(
 
 def classify_error(
     status: int, headers: Mapping[str, str], body: bytes, *, redact: Callable[[str], str]
-) -> UpstreamFailure:
+) -> AttemptFailure:
     kind, message = error_details(headers, body)
     if message is not None:
         message = redact(message)
@@ -624,7 +624,7 @@ class ConverseStreamTranslator(ChunkStreamTranslator):
     `contentBlockDelta`, the finish reason at `messageStop`, the usage of the
     `metadata` event when it asked for one (`stream_options.include_usage`),
     and `[DONE]` when the upstream ends. An exception event raises
-    UpstreamFailureError.
+    AttemptFailed.
     """
 
     def __init__(
@@ -639,12 +639,12 @@ class ConverseStreamTranslator(ChunkStreamTranslator):
         try:
             messages = self._decoder.feed(data)
         except EventStreamError as err:
-            raise UpstreamFailureError(bad_response(f"malformed Bedrock stream: {err}")) from None
+            raise AttemptFailed(bad_response(f"malformed Bedrock stream: {err}")) from None
         frames: list[bytes] = []
         try:
             for message in messages:
                 self._message(message, frames)
-        except UpstreamFailureError as err:
+        except AttemptFailed as err:
             err.frames = frames
             raise
         return frames
@@ -669,13 +669,11 @@ class ConverseStreamTranslator(ChunkStreamTranslator):
                 payload = {}
             if isinstance(payload, dict) and isinstance(payload.get("message"), str):
                 text = self.redact(payload["message"])
-            raise UpstreamFailureError(classify(exception, text, status=None))
+            raise AttemptFailed(classify(exception, text, status=None))
         if kind == "error":
             code = message.header(":error-code")
             text = message.header(":error-message")
-            raise UpstreamFailureError(
-                classify(code, self.redact(text) if text else None, status=None)
-            )
+            raise AttemptFailed(classify(code, self.redact(text) if text else None, status=None))
         if kind != "event":
             return  # unknown message types are ignored, as AWS SDKs do
         event = message.header(":event-type")
@@ -714,7 +712,7 @@ class ConverseStreamTranslator(ChunkStreamTranslator):
         if isinstance(use, dict) and isinstance(use.get("input"), str):
             index = self._tool_index.get(count(payload.get("contentBlockIndex")))
             if index is None:
-                raise UpstreamFailureError(
+                raise AttemptFailed(
                     bad_response("the upstream sent tool input for a block it did not start")
                 )
             self.tool_call_arguments(index, use["input"], frames)
