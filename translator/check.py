@@ -202,8 +202,8 @@ class _PolicyChecker:
                 warning(
                     UNSERVED_OPERATION,
                     f"rule '{rule.name}' matches {_ops(matched)} requests but routes only to "
-                    f"endpoints that serve {', '.join(sorted(served))}: the operation guard refuses every "
-                    "request it matches",
+                    f"endpoints that serve {', '.join(sorted(served))}: the operation guard "
+                    "refuses every request it matches",
                     rule.pos,
                     "route it to an endpoint whose 'operations' include what it matches",
                 )

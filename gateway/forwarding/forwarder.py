@@ -19,8 +19,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -34,68 +33,30 @@ from gateway.forwarding.attempts import (
     ForwardTrace,
 )
 from gateway.forwarding.breaker import BreakerPolicy, CircuitBreaker
+from gateway.forwarding.exchange import Exchange, Outcome, StartResponse, Success, Target, ms
 from gateway.forwarding.headers import DEFAULT_CLIENT_HEADERS, DEFAULT_USER_AGENT, HeaderPolicy
 from gateway.forwarding.transport import (
-    ERROR_BODY_LIMIT,
     ClientGone,
-    first_frames,
-    read_limited,
-    read_prefix,
-    transport_failure,
-    write,
 )
-from gateway.providers.adapter import Call, Codec, ProviderAdapter, UpstreamRequest
+from gateway.providers.adapter import Call, Codec, ProviderAdapter
 from gateway.providers.failures import (
-    BAD_UPSTREAM_RESPONSE,
     CIRCUIT_OPEN,
     CLIENT_DISCONNECTED,
     CREDENTIAL_MISSING,
     ENDPOINT_UNAVAILABLE,
     OPERATION_UNSUPPORTED,
-    AttemptFailed,
     AttemptFailure,
 )
 from gateway.providers.registry import adapter_for
-from gateway.providers.usage import Usage
 from translator.registry import Endpoint, Registry
 
 log = logging.getLogger("gateway.forwarding")
 
-# Requests of one attempt sent at once (a codec's prepare_all may build several).
-PARALLEL_REQUESTS: Final = 4
 
 # Picks the codec for one endpoint's adapter (the front decides: native or bridged).
 CodecFor = Callable[[ProviderAdapter], Codec | None]
-# Awaited once the first frame of a stream is ready; returns the prepared response.
-StartResponse = Callable[[str], Awaitable[web.StreamResponse]]
 # Told of every finished attempt: (endpoint, attempt, failure or None, ttft ms or None).
 AttemptObserver = Callable[[str, Attempt, AttemptFailure | None, float | None], None]
-
-
-@dataclass(slots=True)
-class _Target:
-    endpoint: Endpoint
-    adapter: ProviderAdapter
-    breaker: CircuitBreaker
-    session: aiohttp.ClientSession | None = None
-
-
-@dataclass(slots=True)
-class _Success:
-    status: int
-    response: dict[str, Any] | None
-    usage: Usage
-    model: str | None
-    stream_error: AttemptFailure | None = None
-    tail: tuple[bytes, ...] = ()
-
-
-# What one attempt gives: an answer or a failure, and the upstream's HTTP status.
-_Outcome = tuple[_Success | AttemptFailure, int | None]
-
-
-def _ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000.0, 3)
 
 
 class Forwarder:
@@ -145,7 +106,8 @@ class Forwarder:
         self._keepalive_s = keepalive_s
         self._max_response_bytes = max_response_bytes
         self._tracer = tracer
-        self._targets: dict[str, _Target] = {}
+        self._exchange = Exchange(self._headers, proxy=proxy, max_response_bytes=max_response_bytes)
+        self._targets: dict[str, Target] = {}
         self.unavailable: dict[str, str] = dict(unavailable or {})
         self.observers: list[AttemptObserver] = []
         for endpoint in endpoints:
@@ -161,7 +123,7 @@ class Forwarder:
                     log.warning("endpoint unavailable: %s", err)
                     self.unavailable[endpoint.name] = str(err)
                     continue
-            self._targets[endpoint.name] = _Target(
+            self._targets[endpoint.name] = Target(
                 endpoint, adapter, CircuitBreaker(self._policy, clock)
             )
         self._started = False
@@ -254,8 +216,8 @@ class Forwarder:
         Raises UpstreamError when no endpoint answers (with every attempt).
         """
 
-        async def once(target: _Target, codec: Codec, started: float) -> _Outcome:
-            return await self._complete_once(target, codec, call, client_headers)
+        async def once(target: Target, codec: Codec, started: float) -> Outcome:
+            return await self._exchange.complete_once(target, codec, call, client_headers)
 
         return await self._forward(route, call, codec_for, trace or ForwardTrace(), once)
 
@@ -283,8 +245,8 @@ class Forwarder:
         """
         trace = trace or ForwardTrace()
 
-        async def once(target: _Target, codec: Codec, started: float) -> _Outcome:
-            return await self._stream_once(
+        async def once(target: Target, codec: Codec, started: float) -> Outcome:
+            return await self._exchange.stream_once(
                 target,
                 codec,
                 call,
@@ -304,7 +266,7 @@ class Forwarder:
         call: Call,
         codec_for: CodecFor,
         trace: ForwardTrace,
-        once: Callable[[_Target, Codec, float], Awaitable[_Outcome]],
+        once: Callable[[Target, Codec, float], Awaitable[Outcome]],
     ) -> ForwardResult:
         """Try the route's endpoints in order until one answers or refuses."""
         started = time.perf_counter()
@@ -333,7 +295,7 @@ class Forwarder:
             except BaseException as exc:
                 self._abandon(trace, target, exc, attempt_start)
                 raise
-            failure = outcome.stream_error if isinstance(outcome, _Success) else outcome
+            failure = outcome.stream_error if isinstance(outcome, Success) else outcome
             if failure is not None and failure.retryable:
                 target.breaker.failure()
             else:
@@ -349,7 +311,7 @@ class Forwarder:
             )
             if failure is not None:
                 self._log_failure(call.request_id, target, failure, status)
-            if isinstance(outcome, _Success):
+            if isinstance(outcome, Success):
                 return self._result(trace, target, outcome, started)
             last = outcome
             if not outcome.retryable:
@@ -359,11 +321,11 @@ class Forwarder:
     @staticmethod
     async def _traced(
         tracer: Tracer,
-        once: Callable[[_Target, Codec, float], Awaitable[_Outcome]],
-        target: _Target,
+        once: Callable[[Target, Codec, float], Awaitable[Outcome]],
+        target: Target,
         codec: Codec,
         started: float,
-    ) -> _Outcome:
+    ) -> Outcome:
         """One attempt inside its span (current, so that the headers carry it)."""
         with tracer.start_as_current_span(
             "kamiwaza.upstream.attempt",
@@ -381,7 +343,7 @@ class Forwarder:
                 code = "cancelled" if isinstance(exc, asyncio.CancelledError) else "aborted"
                 span.set_attribute("kamiwaza.outcome", code)
                 raise
-            failure = outcome.stream_error if isinstance(outcome, _Success) else outcome
+            failure = outcome.stream_error if isinstance(outcome, Success) else outcome
             span.set_attribute("kamiwaza.outcome", failure.code if failure else "ok")
             if status is not None:
                 span.set_attribute("http.response.status_code", status)
@@ -392,7 +354,7 @@ class Forwarder:
 
     def _candidates(
         self, route: list[str], codec_for: CodecFor, trace: ForwardTrace
-    ) -> Iterator[tuple[_Target, Codec]]:
+    ) -> Iterator[tuple[Target, Codec]]:
         if not self._started:
             raise RuntimeError("Forwarder.start() was not awaited")
         seen: set[str] = set()
@@ -416,7 +378,7 @@ class Forwarder:
             yield target, codec
 
     def _abandon(
-        self, trace: ForwardTrace, target: _Target, exc: BaseException, attempt_start: float
+        self, trace: ForwardTrace, target: Target, exc: BaseException, attempt_start: float
     ) -> None:
         """An attempt ended by cancellation or an unexpected error: no verdict on
         the endpoint unless it had already started answering."""
@@ -431,14 +393,14 @@ class Forwarder:
     def _record(
         self,
         trace: ForwardTrace,
-        target: _Target,
+        target: Target,
         status: int | None,
         *,
         error: str | None,
         started: float,
         failure: AttemptFailure | None,
     ) -> None:
-        attempt = Attempt(target.endpoint.name, status, error, _ms(started))
+        attempt = Attempt(target.endpoint.name, status, error, ms(started))
         trace.attempts.append(attempt)
         ttft = trace.ttft_ms if trace.endpoint == target.endpoint.name else None
         for observe in self.observers:
@@ -449,7 +411,7 @@ class Forwarder:
 
     @staticmethod
     def _log_failure(
-        request_id: str, target: _Target, failure: AttemptFailure, status: int | None
+        request_id: str, target: Target, failure: AttemptFailure, status: int | None
     ) -> None:
         # The message is already redacted by the codec; no headers are logged.
         log.warning(
@@ -462,7 +424,7 @@ class Forwarder:
         )
 
     def _result(
-        self, trace: ForwardTrace, target: _Target, outcome: _Success, started: float
+        self, trace: ForwardTrace, target: Target, outcome: Success, started: float
     ) -> ForwardResult:
         trace.endpoint = target.endpoint.name
         trace.model = outcome.model
@@ -475,7 +437,7 @@ class Forwarder:
             usage=outcome.usage,
             cost_usd=outcome.usage.cost_usd(target.endpoint.pricing),
             attempts=tuple(trace.attempts),
-            upstream_latency_ms=_ms(started),
+            upstream_latency_ms=ms(started),
             ttft_ms=trace.ttft_ms,
             stream_error=outcome.stream_error,
             tail=outcome.tail,
@@ -527,227 +489,3 @@ class Forwarder:
             headers=headers,
             details=details,
         )
-
-    # -- one attempt ----------------------------------------------------------
-
-    async def _send(
-        self,
-        target: _Target,
-        request: UpstreamRequest,
-        request_id: str,
-        client_headers: Mapping[str, str] | None,
-        *,
-        stream: bool,
-    ) -> aiohttp.ClientResponse:
-        session = target.session
-        if session is None:
-            raise RuntimeError("Forwarder.start() was not awaited")
-        return await session.request(
-            request.method,
-            request.url,
-            data=request.body,
-            headers=self._headers.build(request.headers, client_headers, request_id, stream=stream),
-            allow_redirects=False,
-            proxy=self._proxy,
-        )
-
-    @staticmethod
-    async def _prepare(target: _Target, codec: Codec, call: Call) -> list[UpstreamRequest]:
-        try:
-            return await codec.prepare_all(call)
-        except AttemptFailed:
-            raise
-        except Exception:
-            log.exception("codec for endpoint %s failed to prepare", target.endpoint.name)
-            raise AttemptFailed(
-                AttemptFailure(
-                    502, "adapter_error", "the gateway could not build the request", True
-                )
-            ) from None
-
-    async def _exchange(
-        self,
-        target: _Target,
-        codec: Codec,
-        request: UpstreamRequest,
-        call: Call,
-        client_headers: Mapping[str, str] | None,
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        """One non-streamed request; a non-2xx answer raises its classified failure."""
-        resp = await self._send(target, request, call.request_id, client_headers, stream=False)
-        try:
-            status = resp.status
-            if not 200 <= status < 300:
-                raw = await read_prefix(resp, ERROR_BODY_LIMIT)
-                failure = codec.classify_error(status, resp.headers, raw)
-                raise _StatusFailure(failure, status)
-            raw = await read_limited(resp, self._max_response_bytes)
-            return status, resp.headers, raw
-        finally:
-            resp.release()
-
-    async def _complete_once(
-        self,
-        target: _Target,
-        codec: Codec,
-        call: Call,
-        client_headers: Mapping[str, str] | None,
-    ) -> _Outcome:
-        timeouts = target.endpoint.timeouts
-        status: int | None = None
-        try:
-            # A non-streamed answer only arrives once it is fully generated, so
-            # its headers come at the end: first_token_ms does not apply here,
-            # total_ms bounds the whole exchange.
-            async with asyncio.timeout(timeouts.total_ms / 1000.0):
-                requests = await self._prepare(target, codec, call)
-                if len(requests) == 1:
-                    answers = [
-                        await self._exchange(target, codec, requests[0], call, client_headers)
-                    ]
-                else:
-                    answers = await self._exchange_all(
-                        target, codec, requests, call, client_headers
-                    )
-                status = answers[-1][0]
-                answer, usage = _parse(codec, call, answers)
-        except _StatusFailure as err:
-            return err.failure, err.status
-        except AttemptFailed as err:
-            return err.failure, status
-        except Exception as err:
-            return transport_failure(err, None), status
-        model = codec.upstream_model(call) or _str(answer.get("model"))
-        return _Success(200, answer, usage or codec.estimate_usage(call, answer), model), status
-
-    async def _exchange_all(
-        self,
-        target: _Target,
-        codec: Codec,
-        requests: list[UpstreamRequest],
-        call: Call,
-        client_headers: Mapping[str, str] | None,
-    ) -> list[tuple[int, Mapping[str, str], bytes]]:
-        gate = asyncio.Semaphore(PARALLEL_REQUESTS)
-
-        async def one(request: UpstreamRequest) -> tuple[int, Mapping[str, str], bytes]:
-            async with gate:
-                return await self._exchange(target, codec, request, call, client_headers)
-
-        tasks = [asyncio.ensure_future(one(r)) for r in requests]
-        try:
-            return list(await asyncio.gather(*tasks))
-        finally:
-            # The first failure (or a cancellation) ends the rest: the attempt has failed.
-            for task in tasks:
-                task.cancel()
-
-    async def _stream_once(
-        self,
-        target: _Target,
-        codec: Codec,
-        call: Call,
-        *,
-        client_headers: Mapping[str, str] | None,
-        start_response: StartResponse,
-        trace: ForwardTrace,
-        started: float,
-    ) -> _Outcome:
-        timeouts = target.endpoint.timeouts
-        translator = codec.stream_translator(call)
-        model = codec.upstream_model(call)
-        resp: aiohttp.ClientResponse | None = None
-        client: web.StreamResponse | None = None
-        pending: list[bytes] = []
-        tail: list[bytes] = []
-        status: int | None = None
-        clean = False
-        first_cm = asyncio.timeout(timeouts.first_token_ms / 1000.0)
-        try:
-            try:
-                async with asyncio.timeout(timeouts.total_ms / 1000.0):
-                    async with first_cm:
-                        request = (await self._prepare(target, codec, call))[0]
-                        resp = await self._send(
-                            target, request, call.request_id, client_headers, stream=True
-                        )
-                        status = resp.status
-                        if not 200 <= status < 300:
-                            raw = await read_prefix(resp, ERROR_BODY_LIMIT)
-                            return codec.classify_error(status, resp.headers, raw), status
-                        frames, eof = await first_frames(resp, translator)
-                    # The first frame is ready: this endpoint is committed.
-                    trace.ttft_ms = _ms(started)
-                    trace.endpoint = target.endpoint.name
-                    trace.model = model
-                    try:
-                        client = await start_response(target.endpoint.name)
-                    except (ConnectionResetError, aiohttp.ClientConnectionResetError) as err:
-                        raise ClientGone from err
-                    if eof:
-                        tail = frames  # the whole answer came at once
-                    else:
-                        await write(client, frames)
-                    while not eof:
-                        chunk = await resp.content.readany()
-                        if chunk:
-                            frames = translator.feed(chunk)
-                            if frames:
-                                await write(client, frames)
-                        else:
-                            tail, eof = translator.finish(), True
-                    clean = True
-            except (ClientGone, asyncio.CancelledError):
-                trace.usage = translator.usage
-                raise
-            except AttemptFailed as err:
-                failure = err.failure
-                # Before the commit these are dropped: the next endpoint answers
-                # in full instead. After it, they go out before the error event.
-                pending = err.frames
-            except Exception as err:
-                failure = transport_failure(err, first_cm if client is None else None)
-            usage = translator.usage or codec.estimate_usage(call, None)
-            if clean:
-                return _Success(200, None, usage, model, tail=tuple(tail)), status
-            if client is None:
-                return failure, status
-            # After the first byte there is no failover: the stream ends with an
-            # error event the client's SDK understands.
-            frames = [*pending, *translator.error_frames(failure)]
-            return _Success(200, None, usage, model, failure, tuple(frames)), status
-        finally:
-            if resp is not None:
-                if clean:
-                    resp.release()  # fully read: the connection goes back to the pool
-                else:
-                    # Closing the connection is how the upstream learns that the
-                    # request was abandoned (vLLM and TGI abort generation).
-                    resp.close()
-
-
-class _StatusFailure(Exception):
-    """A non-2xx answer inside one attempt, classified, with its status."""
-
-    def __init__(self, failure: AttemptFailure, status: int) -> None:
-        super().__init__(failure.message)
-        self.failure = failure
-        self.status = status
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _parse(
-    codec: Codec, call: Call, answers: list[tuple[int, Mapping[str, str], bytes]]
-) -> tuple[dict[str, Any], Usage | None]:
-    try:
-        return codec.parse_all(call, answers)
-    except AttemptFailed:
-        raise
-    except Exception:
-        log.exception("codec %s failed to parse an answer", type(codec).__name__)
-        raise AttemptFailed(
-            AttemptFailure(502, BAD_UPSTREAM_RESPONSE, "the upstream's answer was malformed", True)
-        ) from None
