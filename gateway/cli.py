@@ -8,6 +8,7 @@ import sys
 import click
 
 from gateway.keys_cli import keys
+from gateway.policy_cli import publish
 from observability.audit_cli import ConfigReader, audit
 from translator.cli import policy
 
@@ -24,6 +25,7 @@ def main(ctx: click.Context) -> None:
     ctx.obj = ConfigReader(sink=configured_sink)
 
 
+policy.add_command(publish)  # needs boto3/GCS, which translator/ does not import
 main.add_command(policy)
 main.add_command(keys)
 main.add_command(audit)

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
+from translator.bundle import SIGNING_ALGORITHMS
 from translator.errors import OpaError, PolicyError
 
 EXIT_POLICY = 1
@@ -40,11 +41,13 @@ def _fail_usage(message: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
-def _compile_or_exit(policy: str, endpoints: str | None) -> tuple[Any, dict[str, str]]:
+def _compile_or_exit(
+    policy: str, endpoints: str | None, classes: dict[str, Any] | None = None
+) -> tuple[Any, dict[str, str]]:
     from translator.pipeline import compile_policy
 
     try:
-        result, files = compile_policy(policy, endpoints)
+        result, files = compile_policy(policy, endpoints, classes=classes)
     except PolicyError as err:
         click.echo(err.report, err=True)
         errors = sum(1 for d in err.diagnostics if d.is_error)
@@ -97,6 +100,82 @@ def compile_cmd(path: str, out_dir: str, endpoints: str | None) -> None:
     for written in write_output(files, out_dir):
         click.echo(f"wrote {written}")
     click.echo(f"revision {result.ir.revision}")
+
+
+@policy.command("bundle")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_file", required=True, type=click.Path(dir_okay=False))
+@_endpoints_option
+@_rego_option
+@click.option(
+    "--signing-key",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PEM private key: sign the bundle with `opa sign`.",
+)
+@click.option(
+    "--signing-alg",
+    type=click.Choice(SIGNING_ALGORITHMS),
+    default="RS256",
+    show_default=True,
+    help="Signature algorithm (the sidecars' verification key must match).",
+)
+@click.option(
+    "--data-classes",
+    default=None,
+    help="The gateway's data_classes, lowest first (default: the built-in ones).",
+)
+@click.option(
+    "--in-vpc-data-classes",
+    default=None,
+    help="The gateway's in_vpc_data_classes (default: the highest class).",
+)
+def bundle_cmd(
+    *,
+    path: str,
+    out_file: str,
+    endpoints: str | None,
+    rego_dir: str | None,
+    signing_key: str | None,
+    signing_alg: str,
+    data_classes: str | None,
+    in_vpc_data_classes: str | None,
+) -> None:
+    """Build an OPA bundle of the policy at PATH (for sidecars in bundle mode)."""
+    from translator.bundle import BundleError, Signing, build_bundle, bundle_files
+    from translator.classes import DEFAULT_DATA_CLASSES, classes_data
+    from translator.opa import default_rego_dir
+
+    order = _names(data_classes) if data_classes else DEFAULT_DATA_CLASSES
+    try:
+        classes = classes_data(order, _names(in_vpc_data_classes) if in_vpc_data_classes else None)
+    except ValueError as err:
+        _fail_usage(f"--in-vpc-data-classes: {err}")
+    result, files = _compile_or_exit(path, endpoints, classes)
+    try:
+        rego = rego_dir or default_rego_dir()
+        built = build_bundle(
+            bundle_files(files, rego),
+            revision=result.ir.revision,
+            policy_source=result.policy_path,
+            out=out_file,
+            signing=Signing(signing_key, signing_alg) if signing_key else None,
+        )
+    except OpaError as err:
+        _fail_usage(str(err))
+    except BundleError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(EXIT_POLICY)
+    signed = ", signed " + signing_alg if built.signed else ", unsigned"
+    click.echo(f"wrote {built.path} ({len(built.files)} files{signed})")
+    click.echo(f"revision {built.revision}")
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    if not names:
+        _fail_usage(f"expected a comma-separated list of names, got {raw!r}")
+    return names
 
 
 @policy.command("test")
