@@ -17,7 +17,7 @@ KEYS      ?= keys.json
 AUDIT_DIR ?= audit
 PORT      ?= 8080
 
-.PHONY: setup opa tools prometheus run test compile lint clean
+.PHONY: setup opa tools prometheus helm test-tools run test compile lint clean
 
 # What `run` needs; `test` adds the test-only tools (their first build is slow).
 setup: $(STAMP) opa
@@ -40,6 +40,17 @@ tools:
 prometheus:
 	@./scripts/install-prometheus.sh >/dev/null
 
+# Helm, for the chart tests (helm lint, helm template); no-op once built.
+helm:
+	@./scripts/install-helm.sh >/dev/null
+
+# The test-only Go tools, built side by side: each first build takes minutes.
+test-tools:
+	@./scripts/install-tools.sh >/dev/null & tools=$$!; \
+	./scripts/install-prometheus.sh >/dev/null & prom=$$!; \
+	./scripts/install-helm.sh >/dev/null & helm=$$!; \
+	status=0; for pid in $$tools $$prom $$helm; do wait $$pid || status=1; done; exit $$status
+
 compile: setup
 	@$(BIN)/kamiwaza policy compile $(POLICY) --endpoints $(ENDPOINTS) -o $(BUILD)
 
@@ -51,7 +62,7 @@ run: setup
 	@exec $(BIN)/kamiwaza serve --policy $(POLICY) --endpoints $(ENDPOINTS) --keys $(KEYS) \
 		--audit-dir $(AUDIT_DIR) --port $(PORT) --allow-unconfigured-endpoints
 
-test: setup tools prometheus
+test: setup test-tools
 	@./scripts/test.sh
 
 clean:
