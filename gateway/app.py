@@ -32,6 +32,13 @@ from gateway.forwarding import BreakerPolicy, Forwarder
 from gateway.fronts import ChatFront, Front, all_fronts
 from gateway.pipeline import Pipeline, request_middleware
 from gateway.policy import PolicyClient
+from gateway.policy_source import (
+    load_registry,
+    sidecar_paths,
+    sidecar_settings_env,
+    write_sidecar_config,
+)
+from gateway.policy_state import POLICY_STATE, PolicyState, policy_state_ctx
 from gateway.providers.adapter import ProviderAdapter
 from gateway.providers.registry import adapter_for
 from gateway.routes import health, models
@@ -90,7 +97,11 @@ def create_app(
     """Build the gateway. Configuration problems raise StartupError here, not later.
 
     `tracing` replaces the one the settings describe (tests: in-memory spans)."""
-    registry, compiled = load_policy(settings)
+    compiled: dict[str, str] = {}
+    if settings.policy_source == "bundle":  # the sidecar pulls the policy (policy_source.py)
+        registry = load_registry(settings)
+    else:
+        registry, compiled = load_policy(settings)
     authenticator = _authenticator(settings)
     if tracing is None:
         tracing = _tracing(settings, environ)
@@ -134,8 +145,11 @@ def create_app(
     app[METRICS] = metrics
     app[TRACING] = tracing
     app[PIPELINE] = pipeline
+    app[POLICY_STATE] = PolicyState(settings.policy_source)
     app.cleanup_ctx.append(_metrics_ctx)
-    app.cleanup_ctx.extend([_audit_ctx, _policy_ctx, forwarder.cleanup_ctx, _auth_ctx])
+    app.cleanup_ctx.extend(
+        [_audit_ctx, _policy_ctx, policy_state_ctx, forwarder.cleanup_ctx, _auth_ctx]
+    )
     for front in fronts:
         for path in front.paths:
             app.router.add_post(path, pipeline.handler(front))
@@ -248,10 +262,13 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
             opa_bin = settings.opa_bin or find_opa()
             sidecar = OpaSidecar(
                 opa_bin,
-                [runtime_dir, settings.rego_dir],
+                sidecar_paths(settings, runtime_dir),
                 Path(settings.audit_dir) / "opa.log",
-                config_file=app[AUDIT].write_opa_config(runtime_dir),
-                env=go_runtime_env(settings.opa_gomaxprocs, settings.opa_gogc),
+                config_file=write_sidecar_config(settings, app[AUDIT], runtime_dir),
+                env={
+                    **go_runtime_env(settings.opa_gomaxprocs, settings.opa_gogc),
+                    **sidecar_settings_env(settings),
+                },
             )
             await sidecar.start()
             url = sidecar.url

@@ -55,9 +55,8 @@ main.add_command(audit)
 )
 def serve(config_file: str | None, **flags: object) -> None:
     """Run the gateway (and, unless --opa-url is given, its OPA sidecar)."""
-    from aiohttp import web
-
     from gateway.app import create_app
+    from gateway.drain import serve
     from gateway.errors import ConfigError
     from gateway.logs import configure_logging
     from gateway.reload import reload_keys_on_sighup
@@ -74,17 +73,16 @@ def serve(config_file: str | None, **flags: object) -> None:
     app.on_startup.append(reload_keys_on_sighup)
     pin_mmap_threshold()
     click.echo(f"kamiwaza gateway on http://{settings.host}:{settings.port}", err=True)
-    # handler_cancellation: a client that goes away cancels its handler, and so
-    # its upstream request, at once rather than at the next write.
+    # SIGTERM drains: gateway/drain.py.
+    loop = _event_loop()
     try:
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            access_log=None,
-            handler_cancellation=True,
-            print=None,
-            loop=_event_loop(),
+        loop.run_until_complete(
+            serve(
+                app,
+                host=settings.host,
+                port=settings.port,
+                drain_timeout_s=settings.drain_timeout_s,
+            )
         )
     except ConfigError as err:  # raised inside a cleanup_ctx, e.g. OPA would not start
         click.echo(f"error: {err}", err=True)
@@ -95,6 +93,19 @@ def serve(config_file: str | None, **flags: object) -> None:
             err=True,
         )
         sys.exit(1)
+    finally:
+        _close_loop(loop)
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left (as aiohttp's run_app does) and close the loop."""
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:

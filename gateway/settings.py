@@ -72,6 +72,25 @@ class Settings:
     # both cut OPA's CPU per decision and the gateway's p99 (README "Benchmarks").
     opa_gomaxprocs: int = 1
     opa_gogc: int = 400
+    # Where the sidecar's policy comes from (README "Policy rollout"): `files`,
+    # compiled here at start-up (again on SIGHUP, or when policy_watch_s polls a
+    # change), or `bundle`, an OPA bundle the sidecar polls from bundle_url
+    # (gateway/policy_source.py turns the bundle_* settings into OPA's config).
+    policy_source: str = "files"  # files | bundle
+    policy_watch_s: float = 0.0  # files: poll the policy and registry this often; 0: off
+    bundle_url: str | None = None  # s3://bucket/key, gs://bucket/key or https://host/path
+    bundle_credentials: str | None = None  # None: the scheme's default (policy_source.py)
+    bundle_token_file: str | None = None  # bearer token file (credentials token_file)
+    bundle_region: str | None = None  # S3 region (OPA signs with it)
+    bundle_endpoint_url: str | None = None  # S3-compatible store or GCS emulator
+    bundle_poll_min_s: int = 10
+    bundle_poll_max_s: int = 30
+    bundle_persist: bool = True  # the last activated bundle survives an OPA restart
+    bundle_persist_dir: str | None = None  # None: <audit_dir>/opa (own sidecar)
+    bundle_verification_key: str | None = None  # PEM public key file: signatures required
+    bundle_signing_alg: str = "RS256"
+    # SIGTERM: in-flight requests and streams get this long to finish.
+    drain_timeout_s: float = 30.0
     max_body_bytes: int = 4 * 1024 * 1024
     data_classes: tuple[str, ...] = DEFAULT_DATA_CLASSES
     # Classes whose requests may only reach `in_vpc: true` endpoints (the in-VPC
@@ -244,6 +263,20 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "opa_timeout_ms": lambda v, w: _int(v, w, minimum=1),
     "opa_gomaxprocs": lambda v, w: _int(v, w, minimum=0),
     "opa_gogc": lambda v, w: _int(v, w, minimum=0),
+    "policy_source": lambda v, w: _choice(v, w, ("files", "bundle")),
+    "policy_watch_s": _float,
+    "bundle_url": _opt_str,
+    "bundle_credentials": _opt_str,
+    "bundle_token_file": _opt_str,
+    "bundle_region": _opt_str,
+    "bundle_endpoint_url": _opt_str,
+    "bundle_poll_min_s": lambda v, w: _int(v, w, minimum=1),
+    "bundle_poll_max_s": lambda v, w: _int(v, w, minimum=1),
+    "bundle_persist": _bool,
+    "bundle_persist_dir": _opt_str,
+    "bundle_verification_key": _opt_str,
+    "bundle_signing_alg": _str,
+    "drain_timeout_s": _float,
     "max_body_bytes": lambda v, w: _int(v, w, minimum=1024),
     "data_classes": _str_list,
     "in_vpc_data_classes": lambda v, w: None if v in (None, "") else _str_list(v, w),
@@ -325,6 +358,10 @@ def _cross_check(settings: Settings) -> None:
     for tenant, floor in settings.tenant_floors.items():
         if floor not in classes:
             raise SettingsError(f"tenant_floors.{tenant}: {floor!r} is not one of data_classes")
+    if settings.policy_source == "bundle" and settings.bundle_url is None:
+        raise SettingsError("bundle_url: required when policy_source is bundle")
+    if settings.bundle_poll_max_s < settings.bundle_poll_min_s:
+        raise SettingsError("bundle_poll_max_s: must not be below bundle_poll_min_s")
     required = {"s3": "audit_s3_bucket", "gcs": "audit_gcs_bucket", "http": "audit_http_url"}
     needed = required.get(settings.audit_sink)
     if needed is not None and getattr(settings, needed) is None:

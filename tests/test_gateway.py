@@ -15,6 +15,7 @@ import pytest
 
 from tests.gateway_harness import Gateway, start_gateway, token_of
 from tests.processes import free_port
+from translator.pipeline import check
 
 pytestmark = pytest.mark.integration
 
@@ -452,7 +453,22 @@ async def test_models_health_and_readiness(gw: Gateway) -> None:
         async with http.get(gw.url("/healthz")) as r:
             assert (r.status, await r.json()) == (200, {"status": "ok"})
         async with http.get(gw.url("/readyz")) as r:
-            assert (r.status, await r.json()) == (200, {"status": "ready", "opa": "healthy"})
+            ready = await r.json()
+        revision = check(str(gw.workdir / "routing.yaml")).ir.revision  # type: ignore[union-attr]
+        assert (r.status, ready) == (
+            200,
+            {
+                "status": "ready",
+                "opa": "healthy",
+                "policy": {
+                    "source": "files",
+                    "revision": revision,
+                    "active": True,
+                    "failures": 0,
+                    "activated_at": ready["policy"]["activated_at"],
+                },
+            },
+        )
         async with http.get(gw.url("/v1/nothing")) as r:
             assert r.status == 404
             assert (await r.json())["error"]["code"] == "not_found"

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from gateway.drain import cancel_reason
 from gateway.errors import GatewayError, NotFoundError, PayloadTooLargeError
 from gateway.forwarding import ClientDisconnectedError
 from gateway.fronts.base import Front
@@ -64,9 +65,10 @@ def request_middleware(
                 # aiohttp's own errors (404, 405, 413 from the body limit) in our shape.
                 raise _from_http_exception(exc) from exc
             except (ClientDisconnectedError, ConnectionResetError, asyncio.CancelledError):
-                # aiohttp cancels the handler when the client goes away.
+                # aiohttp cancels the handler when the client goes away (and the
+                # drain does past its deadline: gateway/drain.py).
                 if ctx is not None:
-                    _fail(ctx, CLIENT_CLOSED, "client_disconnected", "the client disconnected")
+                    _fail(ctx, *cancel_reason(request, CLIENT_CLOSED))
                 raise
             if not response.prepared:
                 response.headers["X-Request-Id"] = request_id

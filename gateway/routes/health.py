@@ -1,9 +1,14 @@
-"""`GET /healthz` (liveness) and `GET /readyz` (readiness: OPA answers)."""
+"""`GET /healthz` (liveness) and `GET /readyz` (readiness: OPA answers, a policy
+is active, the gateway is not draining), with the active policy revision."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from gateway.drain import DRAIN
+from gateway.policy_state import POLICY_STATE
 from gateway.state import POLICY
 
 
@@ -12,11 +17,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    drain = request.app.get(DRAIN)
+    if drain is not None and drain.draining:
+        return web.json_response({"status": "draining"}, status=503)
     policy = request.app.get(POLICY)
     healthy = policy is not None and await policy.healthy()
-    if not healthy:
-        return web.json_response({"status": "unavailable", "opa": "unhealthy"}, status=503)
-    return web.json_response({"status": "ready", "opa": "healthy"})
+    state = request.app.get(POLICY_STATE)
+    body: dict[str, Any] = {"status": "ready", "opa": "healthy" if healthy else "unhealthy"}
+    if state is not None:
+        body["policy"] = state.describe()
+    if not healthy or (state is not None and not state.ready):
+        body["status"] = "unavailable"
+        return web.json_response(body, status=503)
+    return web.json_response(body)
 
 
 def add_routes(app: web.Application) -> None:
