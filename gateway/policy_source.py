@@ -19,6 +19,9 @@ Sources and their credentials (`bundle_credentials`, default first):
 - `gs://bucket/key`: `gcp_metadata` (GKE workload identity), `token_file`
   (a bearer token in `bundle_token_file`), `none` (an emulator).
 - `https://host/path`: `none`, `token_file`.
+- `file:///path/bundle.tar.gz`: a bundle on the sidecar's file system (the
+  chart's ConfigMap mode, for clusters without object storage); OPA reads it
+  again at every poll, so an updated ConfigMap rolls out like a new upload.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ CREDENTIALS = {
     "gs": ("gcp_metadata", "token_file", "none"),
     "https": ("none", "token_file"),
     "http": ("none", "token_file"),  # loopback test servers only (checked below)
+    "file": ("none",),
 }
 
 
@@ -75,10 +79,10 @@ class BundleSource:
             raise BundleConfigError("bundle_url: required when policy_source is bundle")
         parts = urlsplit(url)
         scheme = parts.scheme
-        if scheme not in CREDENTIALS or not parts.netloc:
+        if scheme not in CREDENTIALS or not (parts.netloc or (scheme == "file" and parts.path)):
             raise BundleConfigError(
-                f"bundle_url: expected s3://bucket/key, gs://bucket/key or https://host/path, "
-                f"got {url!r}"
+                "bundle_url: expected s3://bucket/key, gs://bucket/key, https://host/path "
+                f"or file:///path, got {url!r}"
             )
         if scheme in ("s3", "gs") and not parts.path.strip("/"):
             raise BundleConfigError(f"bundle_url: {url!r} names a bucket but no object")
@@ -120,8 +124,10 @@ class BundleSource:
         return urlsplit(self.url).path.lstrip("/")
 
 
-def _service(source: BundleSource) -> tuple[dict[str, Any], str]:
-    """OPA's service entry and the bundle's resource path on it."""
+def _service(source: BundleSource) -> tuple[dict[str, Any] | None, str]:
+    """OPA's service entry and the bundle's resource path on it (a file: no service)."""
+    if source.scheme == "file":
+        return None, source.url
     if source.scheme == "s3":
         if source.endpoint_url:  # S3-compatible store: path-style addressing
             url = f"{source.endpoint_url}/{source.bucket}"
@@ -160,7 +166,6 @@ def opa_bundle_config(source: BundleSource) -> dict[str, Any]:
     The chart's `opa-config.yaml` is this document for the same values."""
     service, resource = _service(source)
     bundle: dict[str, Any] = {
-        "service": SERVICE,
         "resource": resource,
         "persist": source.persist,
         "polling": {
@@ -168,7 +173,10 @@ def opa_bundle_config(source: BundleSource) -> dict[str, Any]:
             "max_delay_seconds": source.poll_max_s,
         },
     }
-    config: dict[str, Any] = {"services": {SERVICE: service}, "bundles": {BUNDLE_NAME: bundle}}
+    config: dict[str, Any] = {"bundles": {BUNDLE_NAME: bundle}}
+    if service is not None:
+        bundle["service"] = SERVICE
+        config["services"] = {SERVICE: service}
     if source.verification_key is not None:
         bundle["signing"] = {"keyid": KEY_ID}
         config["keys"] = {
