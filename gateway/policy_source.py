@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from gateway.errors import StartupError
 from gateway.settings import Settings
@@ -41,6 +42,7 @@ from translator.registry import Registry
 BUNDLE_NAME = "kamiwaza"  # the bundle's name in OPA's status and data.system.bundles
 SERVICE = "kamiwaza-bundles"
 KEY_ID = "kamiwaza-bundle"
+_OBJECT_NAME = re.compile(r"[A-Za-z0-9._~/-]+")
 GCS_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 CREDENTIALS = {
     "s3": ("environment", "web_identity", "metadata"),
@@ -86,6 +88,11 @@ class BundleSource:
             )
         if scheme in ("s3", "gs") and not parts.path.strip("/"):
             raise BundleConfigError(f"bundle_url: {url!r} names a bucket but no object")
+        if scheme == "gs" and not _OBJECT_NAME.fullmatch(parts.path.lstrip("/")):
+            # Only "/" is escaped in the resource (here and in the Helm chart).
+            raise BundleConfigError(
+                f"bundle_url: the object name in {url!r} may use letters, digits and ._~/- only"
+            )
         if scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise BundleConfigError("bundle_url: plain http is for loopback only; use https")
         credentials = settings.bundle_credentials or CREDENTIALS[scheme][0]
@@ -151,7 +158,7 @@ def _service(source: BundleSource) -> tuple[dict[str, Any] | None, str]:
         elif source.credentials == "token_file":
             service["credentials"] = {"bearer": {"token_path": source.token_file}}
         # The JSON API's media download: the object name is one path segment.
-        return service, f"{quote(source.key, safe='')}?alt=media"
+        return service, f"{source.key.replace('/', '%2F')}?alt=media"
     parts = urlsplit(source.url)
     service = {"url": f"{parts.scheme}://{parts.netloc}"}
     if source.credentials == "token_file":
