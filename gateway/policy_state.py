@@ -167,7 +167,10 @@ class BundleWatcher:
             if not isinstance(bundle, dict):
                 return  # the plugin has not reported yet
             revision = bundle.get("active_revision") or None
-            activated = bool(bundle.get("last_successful_activation"))
+            # Go's zero time until the first activation.
+            activated = not str(bundle.get("last_successful_activation") or "0001").startswith(
+                "0001"
+            )
             failure = format_opa_errors(bundle) if bundle.get("code") else None
         else:  # an external OPA without the status plugin: no failure details
             health, _ = await self._get("/health?bundles")

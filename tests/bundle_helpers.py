@@ -66,20 +66,22 @@ def make_bundle(workdir: Path, policy: str, name: str, signing: KeyPair | None) 
     return built.path, built.revision
 
 
-def broken_bundle(workdir: Path, good: Path, revision: str, signing: KeyPair) -> Path:
-    """`good` with a policy that does not parse, signed (as if built by hand, unchecked)."""
+def broken_bundle(workdir: Path, good: Path, revision: str, signing: KeyPair | None = None) -> Path:
+    """`good` with a policy that does not parse, signed when `good` was (as if
+    built by hand, unchecked)."""
     stage = workdir / "broken-stage"
     with tarfile.open(good, "r:gz") as tar:
         tar.extractall(stage, filter="data")
-    (stage / ".signatures.json").unlink()
+    (stage / ".signatures.json").unlink(missing_ok=True)
     with (stage / "kamiwaza/policy/policy.rego").open("a") as fh:
         fh.write("\nbroken := \n")
     (stage / ".manifest").write_text(manifest(revision, "broken.yaml"))
-    subprocess.run(
-        [find_opa(), "sign", "--bundle", ".", "--signing-key", str(signing.private),
-         "--output-file-path", "."],
-        cwd=stage, check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
+    if signing is not None:
+        subprocess.run(
+            [find_opa(), "sign", "--bundle", ".", "--signing-key", str(signing.private),
+             "--output-file-path", "."],
+            cwd=stage, check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
     members = {
         p.relative_to(stage).as_posix(): p.read_text() for p in stage.rglob("*") if p.is_file()
     }
@@ -114,7 +116,8 @@ class Traffic:
     url: str
     key: str
     workers: int = 4
-    max_requests: int = 2000  # bounded, whatever happens
+    max_requests: int = 10000  # bounded, whatever happens
+    pause_s: float = 0.02  # between one worker's requests: a steady, modest load
     statuses: list[int] = field(default_factory=list)
     per_worker: list[list[str]] = field(default_factory=list)  # request ids in order
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -139,6 +142,7 @@ class Traffic:
                 except aiohttp.ClientError:
                     self.statuses.append(0)  # a failed request (the test asserts none)
                     return
+                await asyncio.sleep(self.pause_s)
 
     async def count(self, more: int) -> None:
         """Until `more` further requests were answered."""
@@ -146,7 +150,7 @@ class Traffic:
         deadline = time.monotonic() + 30
         while len(self.statuses) < target and time.monotonic() < deadline:
             await asyncio.sleep(0.01)  # waiting for the workers' progress
-        assert len(self.statuses) >= target, "traffic stalled"
+        assert len(self.statuses) >= target, f"traffic stalled: {sorted(set(self.statuses))}"
 
     async def stop(self) -> None:
         self._stop.set()

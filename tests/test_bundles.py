@@ -6,6 +6,7 @@ under traffic, and refused when broken or badly signed."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -16,6 +17,7 @@ import boto3
 import pytest
 
 from observability.bundle_publish import PublishError, publish
+from observability.sinks.gcs import gcs_client
 from tests.bundle_helpers import (
     Traffic,
     broken_bundle,
@@ -27,6 +29,8 @@ from tests.bundle_helpers import (
     wait_ready,
 )
 from tests.gateway_harness import ROOT, start_gateway
+from tests.helm import config_files, container, render
+from tests.processes import free_port, stop_process, wait_http
 
 KAMIWAZA = str(Path(sys.executable).parent / "kamiwaza")
 BUCKET = "kamiwaza-policy"
@@ -118,9 +122,18 @@ async def test_s3_rollout_under_traffic_refuses_broken_and_badly_signed_bundles(
     url = gw.url("").rstrip("/")
     try:
         # Nothing published yet: not ready, and requests fail closed.
-        body = await wait_ready(url, lambda s, b: s == 503 and b["opa"] == "healthy")
-        assert body["policy"] == {"source": "bundle", "revision": None, "active": False,
-                                  "failures": 0}  # fmt: skip
+        body = await wait_ready(url, lambda s, b: s == 503 and b["policy"]["failures"] > 0)
+        assert body == {
+            "status": "unavailable",
+            "opa": "healthy",
+            "policy": {
+                "source": "bundle",
+                "revision": None,
+                "active": False,
+                "failures": 1,  # a failure is counted once, however often OPA retries
+                "last_error": "bundle_error: server replied with Not Found",
+            },
+        }
         old_path, old = make_bundle(gw.workdir, policy_routing_to("private-gpu"), "old", signer)
         new_path, new = make_bundle(gw.workdir, policy_routing_to("private-gpu-b"), "new", signer)
         assert publish(old_path, f"s3://{BUCKET}/{KEY}", endpoint_url=moto_s3)[1] == old
@@ -137,15 +150,19 @@ async def test_s3_rollout_under_traffic_refuses_broken_and_badly_signed_bundles(
         # A bundle that does not compile: refused, the new revision stays.
         publish(broken_bundle(gw.workdir, new_path, "sha256:broken", signer), f"s3://{BUCKET}/{KEY}",
                 endpoint_url=moto_s3)  # fmt: skip
-        body = await wait_ready(url, lambda s, b: b["policy"]["failures"] == 1)
+        body = await wait_ready(url, lambda s, b: b["policy"]["failures"] == 2)
         assert (body["policy"]["revision"], body["policy"]["active"]) == (new, True)
-        assert "kamiwaza/policy/policy.rego:" in body["policy"]["last_error"]
+        assert re.search(
+            r"^kamiwaza/policy/policy\.rego:\d+:\d+: ", body["policy"]["last_error"], re.M
+        )
         # Signed with another key: refused too.
         bad_path, _ = make_bundle(gw.workdir, policy_routing_to("anthropic"), "bad", impostor)
         publish(bad_path, f"s3://{BUCKET}/{KEY}", endpoint_url=moto_s3)
-        body = await wait_ready(url, lambda s, b: b["policy"]["failures"] == 2)
+        body = await wait_ready(url, lambda s, b: b["policy"]["failures"] == 3)
         assert body["policy"]["revision"] == new
-        assert "signature" in body["policy"]["last_error"]
+        assert body["policy"]["last_error"] == (
+            "bundle_error: failed to verify JWT signature: crypto/rsa: verification error"
+        )
         await traffic.count(20)
         await traffic.stop()
     finally:
@@ -157,3 +174,79 @@ async def test_s3_rollout_under_traffic_refuses_broken_and_badly_signed_bundles(
         assert switches_once(sequence, old, new), sequence
     by_revision = {r["policy_revision"]: r["endpoint"] for r in records}
     assert by_revision == {old: "private-gpu", new: "private-gpu-b"}
+
+
+async def test_gcs_bundles_with_opa_configured_by_the_chart(
+    tmp_path: Path, fake_upstream: Any, fake_gcs: str, opa_bin: str
+) -> None:
+    """The OPA container's args and config as `helm template` renders them, the
+    gateway on the chart's config.yaml: a rollout from the GCS emulator."""
+    gcs_client(None, fake_gcs).create_bucket(BUCKET)
+    opa_port, diag_port = free_port(), free_port()
+    docs = render(
+        {
+            "bundle": {"url": f"gs://{BUCKET}/{KEY}", "credentials": "none",
+                       "endpointUrl": fake_gcs,
+                       "polling": {"minDelaySeconds": 1, "maxDelaySeconds": 1}},
+            "opa": {"port": opa_port, "diagnosticPort": diag_port,
+                    "persistenceDirectory": str(tmp_path / "opa-persist")},
+        },
+        tmp_path,
+    )  # fmt: skip
+    chart = config_files(docs)
+    opa_config = tmp_path / "opa-config.yaml"
+    opa_config.write_text(chart["data"]["opa-config.yaml"])
+    args = [
+        f"--config-file={opa_config}" if a.startswith("--config-file=") else a
+        for a in container(docs, "opa")["args"]
+    ]
+    assert args[:3] == ["run", "--server", f"--addr=127.0.0.1:{opa_port}"]
+    with (tmp_path / "opa.log").open("ab") as log:
+        opa = subprocess.Popen([opa_bin, *args], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert wait_http(f"http://127.0.0.1:{diag_port}/health", opa, 30)
+        gateway_config = {
+            key: value
+            for key, value in chart["gateway"].items()
+            if key not in ("host", "port", "endpoints", "audit_dir", "keys")
+        }
+        assert gateway_config["opa_url"] == f"http://127.0.0.1:{opa_port}"
+        gw = await start_gateway(tmp_path, fake_upstream, settings_overrides=gateway_config)
+        url = gw.url("").rstrip("/")
+        try:
+            await wait_ready(url, lambda s, b: s == 503 and b["opa"] == "healthy")
+            old_path, old = make_bundle(gw.workdir, policy_routing_to("private-gpu"), "old", None)
+            new_path, new = make_bundle(gw.workdir, policy_routing_to("bedrock"), "new", None)
+            target = f"gs://{BUCKET}/{KEY}"
+            publish(old_path, target, endpoint_url=fake_gcs)
+            body = await wait_ready(url, lambda s, b: s == 200)
+            assert body["policy"]["revision"] == old
+            traffic = Traffic(url, gw.keys["acme"], workers=2)
+            traffic.start()
+            await traffic.count(20)
+            publish(new_path, target, endpoint_url=fake_gcs)
+            body = await wait_ready(url, lambda s, b: b["policy"]["revision"] == new)
+            assert "last_error" not in body["policy"]  # cleared by the activation
+            failures = body["policy"]["failures"]  # 404s before the first upload count
+            await traffic.count(20)
+            publish(broken_bundle(gw.workdir, new_path, "sha256:broken"), target,
+                    endpoint_url=fake_gcs)  # fmt: skip
+            body = await wait_ready(url, lambda s, b: b["policy"]["failures"] == failures + 1)
+            assert (body["status"], body["policy"]["revision"]) == ("ready", new)
+            assert re.search(
+                r"^kamiwaza/policy/policy\.rego:\d+:\d+: ", body["policy"]["last_error"], re.M
+            )
+            await traffic.count(10)
+            await traffic.stop()
+        finally:
+            await gw.close()
+    finally:
+        stop_process(opa)
+    assert set(traffic.statuses) == {200}
+    records = await gw.audit_records()
+    for sequence in revisions_in_order(records, traffic):
+        assert switches_once(sequence, old, new), sequence
+    assert {r["policy_revision"]: r["endpoint"] for r in records} == {
+        old: "private-gpu",
+        new: "bedrock",
+    }
