@@ -26,28 +26,19 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from gateway.policy_source import BUNDLE_NAME
-from gateway.state import POLICY, SETTINGS
+from gateway.state import METRICS, POLICY, SETTINGS
+from observability.metrics import PolicySnapshot
 
 log = logging.getLogger("gateway.policy")
 
 POLL_INTERVAL_S = 1.0  # loopback GETs; how soon a rollout shows in /readyz and the log
 REQUEST_TIMEOUT_S = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class PolicySnapshot:
-    source: str  # files | bundle
-    revision: str | None
-    active: bool
-    failures: int
-    error: str | None
 
 
 class PolicyState:
@@ -85,7 +76,7 @@ class PolicyState:
         return self.active and self.mismatch is None
 
     def snapshot(self) -> PolicySnapshot:
-        return PolicySnapshot(self.source, self.revision, self.active, self.failures, self.error)
+        return PolicySnapshot(self.source, self.revision, self.active, self.failures)
 
     def describe(self) -> dict[str, Any]:
         """The `policy` object of `/readyz`."""
@@ -224,6 +215,7 @@ async def policy_state_ctx(app: web.Application) -> AsyncIterator[None]:
     """Runs the watcher (bundle mode) or reads the files' revision, once OPA is up."""
     state = app[POLICY_STATE]
     url = app[POLICY].url
+    app[METRICS].watch_policy(state.snapshot)  # read by the exporter's thread
     task: asyncio.Task[None] | None = None
     if state.source == "bundle":
         watcher = BundleWatcher(url, state, classes=app[SETTINGS].classes_data())

@@ -31,6 +31,11 @@ durations are in seconds:
 - kamiwaza_audit_spool_depth (gauge): sink. Records spooled, not yet shipped.
 - kamiwaza_audit_shipping_lag_seconds (gauge): sink. Age of the oldest
   unshipped record.
+- kamiwaza_gateway_policy_revision (gauge): source, revision. 1 for the policy
+  revision this replica enforces (0 and revision "none" before it has one), so
+  that a rollout shows converging per replica (`instance`).
+- kamiwaza_gateway_policy_refusals_total: source. Policy bundles or hot
+  reloads refused (the previous revision stayed in force).
 - kamiwaza_audit_shipped_total, kamiwaza_audit_ship_failures_total,
   kamiwaza_audit_dropped_total: sink. Records shipped, failed uploads, records
   dropped (spool full in drop mode).
@@ -240,6 +245,16 @@ class AuditPipelineSnapshot:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PolicySnapshot:
+    """The policy a replica enforces (gateway/policy_state.py keeps it)."""
+
+    source: str
+    revision: str | None
+    active: bool
+    failures: int
+
+
 class _Breaker(Protocol):
     @property
     def state(self) -> str: ...
@@ -329,6 +344,7 @@ class GatewayMetrics:
         self._lock = threading.Lock()
         self._breaker_sources: list[BreakerSource] = []
         self._pipelines: dict[str, Callable[[], AuditPipelineSnapshot]] = {}
+        self._policy: Callable[[], PolicySnapshot] | None = None
         self._closed = False
         meter = self._provider.get_meter("kamiwaza.gateway")
 
@@ -408,6 +424,17 @@ class GatewayMetrics:
             "kamiwaza.gateway.circuit_breaker.state",
             callbacks=[self._observe_breakers],
             description="Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open",
+        )
+        meter.create_observable_gauge(
+            "kamiwaza.gateway.policy.revision",
+            callbacks=[self._observe_policy_revision],
+            description="1 for the policy revision this replica enforces",
+        )
+        meter.create_observable_counter(
+            "kamiwaza.gateway.policy.refusals",
+            callbacks=[self._observe_policy_refusals],
+            unit="{refusal}",
+            description="Policy bundles or reloads refused; the previous revision stayed",
         )
         meter.create_observable_gauge(
             "kamiwaza.audit.spool.depth",
@@ -524,6 +551,32 @@ class GatewayMetrics:
             for name in source.endpoint_names:
                 state = source.breaker(name).state
                 yield Observation(BREAKER_STATE_VALUES.get(state, 0), {"endpoint": name})
+
+    def watch_policy(self, snapshot: Callable[[], PolicySnapshot]) -> None:
+        """Report the active policy revision from `snapshot` at each export."""
+        self._policy = snapshot
+
+    def _policy_snapshot(self) -> PolicySnapshot | None:
+        if self._policy is None:
+            return None
+        try:
+            return self._policy()
+        except Exception:
+            log.exception("metrics: the policy snapshot failed")
+            return None
+
+    def _observe_policy_revision(self, options: CallbackOptions) -> Iterator[Observation]:
+        snap = self._policy_snapshot()
+        if snap is not None:
+            revision = snap.revision if snap.active and snap.revision else "none"
+            yield Observation(
+                1 if snap.active else 0, {"source": snap.source, "revision": revision}
+            )
+
+    def _observe_policy_refusals(self, options: CallbackOptions) -> Iterator[Observation]:
+        snap = self._policy_snapshot()
+        if snap is not None:
+            yield Observation(snap.failures, {"source": snap.source})
 
     def register_audit_pipeline(
         self, sink: str, snapshot: Callable[[], AuditPipelineSnapshot]
