@@ -32,6 +32,7 @@ from gateway.forwarding import BreakerPolicy, Forwarder
 from gateway.fronts import ChatFront, Front, all_fronts
 from gateway.pipeline import Pipeline, request_middleware
 from gateway.policy import PolicyClient
+from gateway.policy_reload import reloader_ctx
 from gateway.policy_source import (
     load_registry,
     sidecar_paths,
@@ -148,7 +149,7 @@ def create_app(
     app[POLICY_STATE] = PolicyState(settings.policy_source)
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.extend(
-        [_audit_ctx, _policy_ctx, policy_state_ctx, forwarder.cleanup_ctx, _auth_ctx]
+        [_audit_ctx, _policy_ctx, policy_state_ctx, reloader_ctx, forwarder.cleanup_ctx, _auth_ctx]
     )
     for front in fronts:
         for path in front.paths:
