@@ -1,5 +1,8 @@
 # The Kamiwaza gateway. docker-compose.yml builds it and runs it against an OPA
-# service (KAMIWAZA_OPA_URL), so the image carries no OPA binary.
+# service (KAMIWAZA_OPA_URL), and the Helm chart (deploy/helm/kamiwaza) runs it
+# beside an OPA sidecar container, so the image carries no OPA binary. It runs
+# as user 10001 (numeric, so that Kubernetes' runAsNonRoot can check it) and
+# writes only to /data and /tmp (a read-only root file system works).
 FROM python:3.12.8-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,10 +20,11 @@ COPY policies ./policies
 COPY rego ./rego
 
 # /data: keys file and audit spool; /policy: the compiled policy for OPA.
-RUN useradd --system --uid 10001 --home-dir /data kamiwaza \
+RUN groupadd --system --gid 10001 kamiwaza \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data kamiwaza \
     && mkdir -p /data /policy \
-    && chown kamiwaza /data /policy
-USER kamiwaza
+    && chown 10001:10001 /data /policy
+USER 10001:10001
 
 ENV KAMIWAZA_HOST=0.0.0.0 \
     KAMIWAZA_PORT=8080 \

@@ -137,7 +137,13 @@ def test_pod_is_hardened_probed_and_drains(tmp_path: Path) -> None:
     docs = render(_values("s3"), tmp_path)
     pod = manifest(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == 10001  # the Dockerfile's user
+    (user,) = [line for line in (CHART.parents[2] / "Dockerfile").read_text().splitlines()
+               if line.startswith("USER ")]  # fmt: skip
+    assert user == "USER 10001:10001"  # numeric: runAsNonRoot can check it
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (
+        10001,
+        10001,
+    )
     gateway, opa = container(docs, "gateway"), container(docs, "opa")
     for c in (gateway, opa):
         assert c["securityContext"] == {
