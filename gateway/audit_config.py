@@ -57,6 +57,12 @@ def audit_config(settings: Settings, environ: Mapping[str, str] | None = None) -
         batch_max_bytes=settings.audit_batch_max_bytes,
         retry_max_s=settings.audit_retry_max_s,
         decision_logs=settings.audit_decision_logs,
+        decision_logs_port=settings.audit_decision_logs_port,
+        decision_logs_token_file=(
+            Path(settings.audit_decision_logs_token_file)
+            if settings.audit_decision_logs_token_file
+            else None
+        ),
         prompt_salt=salt,
     )
 

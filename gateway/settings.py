@@ -61,6 +61,10 @@ class Settings:
     audit_http_ca_file: str | None = None
     audit_prompt_salt_env: str | None = None  # variable holding the prompt-hash salt
     audit_decision_logs: bool = True  # OPA decision log -> loopback ingestion
+    # For an OPA that runs apart (the Helm chart's sidecar container): a fixed
+    # ingestion port (0: any) and a file to write the ingestion token to.
+    audit_decision_logs_port: int = 0
+    audit_decision_logs_token_file: str | None = None
     rego_dir: str = "rego"
     # None: start and supervise an OPA sidecar on loopback.
     opa_url: str | None = None
@@ -257,6 +261,8 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "audit_http_ca_file": _opt_str,
     "audit_prompt_salt_env": _opt_str,
     "audit_decision_logs": _bool,
+    "audit_decision_logs_port": lambda v, w: _int(v, w, minimum=0),
+    "audit_decision_logs_token_file": _opt_str,
     "rego_dir": _str,
     "opa_url": _opt_str,
     "opa_bin": _opt_str,

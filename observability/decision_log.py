@@ -52,10 +52,15 @@ def _inflate(body: bytes) -> bytes:
 class DecisionLogIngest:
     """The loopback-only receiver of OPA's decision log."""
 
-    def __init__(self, write: EventWriter, *, port: int = 0) -> None:
+    def __init__(
+        self, write: EventWriter, *, port: int = 0, token_file: Path | None = None
+    ) -> None:
         self._write = write
         self.port = port
         self.token = secrets.token_urlsafe(32)
+        # Where an OPA that runs apart (the Helm chart's sidecar container) reads
+        # the token: OPA reads its `token_path` again for every upload.
+        self.token_file = token_file
         self._runner: web.AppRunner | None = None
         self.received = 0
         self.rejected_batches = 0
@@ -65,6 +70,12 @@ class DecisionLogIngest:
         return f"http://127.0.0.1:{self.port}/opa"
 
     async def start(self) -> None:
+        if self.token_file is not None:
+            self.token_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.token_file.with_name(self.token_file.name + ".partial")
+            partial.touch(mode=0o600)
+            partial.write_text(self.token)
+            partial.replace(self.token_file)
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/opa/logs", self._logs)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -103,32 +114,7 @@ class DecisionLogIngest:
 
     def opa_config(self) -> dict[str, Any]:
         """The OPA configuration that ships its decision log here."""
-        return {
-            "services": {
-                SERVICE: {
-                    "url": self.url,
-                    "credentials": {"bearer": {"token": self.token}},
-                    "response_header_timeout_seconds": 10,
-                }
-            },
-            "decision_logs": {
-                "service": SERVICE,
-                "resource": "/logs",
-                # Shipped here, not also to the console: that copy would grow the
-                # sidecar's log by ~1 KB a decision with nothing to rotate it.
-                "console": False,
-                "reporting": {
-                    # Each event is encoded and shipped as soon as a chunk fills;
-                    # the rest at least every second.
-                    "trigger": "immediate",
-                    "buffer_type": "event",
-                    "buffer_size_limit_events": 10000,
-                    "upload_size_limit_bytes": 65536,
-                    "min_delay_seconds": 1,
-                    "max_delay_seconds": 1,
-                },
-            },
-        }
+        return opa_decision_log_config(self.url, token=self.token)
 
     def write_opa_config(self, directory: str | Path) -> Path:
         """Write the OPA config (it holds the token: owner-only) and return its path."""
@@ -136,3 +122,38 @@ class DecisionLogIngest:
         path.touch(mode=0o600)
         path.write_text(json.dumps(self.opa_config(), indent=2))
         return path
+
+
+def opa_decision_log_config(
+    url: str, *, token: str | None = None, token_path: str | None = None
+) -> dict[str, Any]:
+    """OPA's `services` and `decision_logs` shipping to the ingestion at `url`,
+    with the bearer token itself or the file that holds it (the Helm chart's
+    sidecar container reads the file the gateway writes: `token_file`)."""
+    bearer = {"token": token} if token is not None else {"token_path": token_path}
+    return {
+        "services": {
+            SERVICE: {
+                "url": url,
+                "credentials": {"bearer": bearer},
+                "response_header_timeout_seconds": 10,
+            }
+        },
+        "decision_logs": {
+            "service": SERVICE,
+            "resource": "/logs",
+            # Shipped here, not also to the console: that copy would grow the
+            # sidecar's log by ~1 KB a decision with nothing to rotate it.
+            "console": False,
+            "reporting": {
+                # Each event is encoded and shipped as soon as a chunk fills;
+                # the rest at least every second.
+                "trigger": "immediate",
+                "buffer_type": "event",
+                "buffer_size_limit_events": 10000,
+                "upload_size_limit_bytes": 65536,
+                "min_delay_seconds": 1,
+                "max_delay_seconds": 1,
+            },
+        },
+    }

@@ -72,6 +72,8 @@ class AuditConfig:
     retry_max_s: float = 30.0
     shutdown_timeout_s: float = 5.0
     decision_logs: bool = True
+    decision_logs_port: int = 0  # 0: any free loopback port
+    decision_logs_token_file: Path | None = None  # an OPA apart reads the token here
     prompt_salt: bytes | None = None
 
     @property
@@ -164,7 +166,15 @@ class AuditPipeline:
         self._spool = Spool(
             config.spool_dir, config.host, segment_max_bytes=config.batch_max_bytes, clock=clock
         )
-        self._ingest = DecisionLogIngest(self.write_event) if config.decision_logs else None
+        self._ingest = (
+            DecisionLogIngest(
+                self.write_event,
+                port=config.decision_logs_port,
+                token_file=config.decision_logs_token_file,
+            )
+            if config.decision_logs
+            else None
+        )
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # The batch of the segment being shipped, kept while its upload is retried

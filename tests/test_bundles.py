@@ -5,17 +5,20 @@ under traffic, and refused when broken or badly signed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+from observability.audit_reader import decision_events
 from observability.bundle_publish import PublishError, publish
 from observability.sinks.gcs import gcs_client
 from tests.bundle_helpers import (
@@ -35,6 +38,7 @@ from tests.processes import free_port, stop_process, wait_http
 KAMIWAZA = str(Path(sys.executable).parent / "kamiwaza")
 BUCKET = "kamiwaza-policy"
 KEY = "prod/kamiwaza/bundle.tar.gz"
+TOKEN_DIR = "/run/kamiwaza/decision-logs"
 
 pytestmark = pytest.mark.integration
 
@@ -182,20 +186,26 @@ async def test_gcs_bundles_with_opa_configured_by_the_chart(
     """The OPA container's args and config as `helm template` renders them, the
     gateway on the chart's config.yaml: a rollout from the GCS emulator."""
     gcs_client(None, fake_gcs).create_bucket(BUCKET)
-    opa_port, diag_port = free_port(), free_port()
+    opa_port, diag_port, ingest_port = free_port(), free_port(), free_port()
     docs = render(
         {
             "bundle": {"url": f"gs://{BUCKET}/{KEY}", "credentials": "none",
                        "endpointUrl": fake_gcs,
                        "polling": {"minDelaySeconds": 1, "maxDelaySeconds": 1}},
             "opa": {"port": opa_port, "diagnosticPort": diag_port,
-                    "persistenceDirectory": str(tmp_path / "opa-persist")},
+                    "persistenceDirectory": str(tmp_path / "opa-persist"),
+                    "decisionLogs": {"port": ingest_port}},
         },
         tmp_path,
     )  # fmt: skip
+    # The volume the two containers share for the ingestion token, here.
+    shared = str(tmp_path / "decision-logs")
     chart = config_files(docs)
     opa_config = tmp_path / "opa-config.yaml"
-    opa_config.write_text(chart["data"]["opa-config.yaml"])
+    opa_config.write_text(chart["data"]["opa-config.yaml"].replace(TOKEN_DIR, shared))
+    chart["gateway"]["audit_decision_logs_token_file"] = chart["gateway"][
+        "audit_decision_logs_token_file"
+    ].replace(TOKEN_DIR, shared)
     args = [
         f"--config-file={opa_config}" if a.startswith("--config-file=") else a
         for a in container(docs, "opa")["args"]
@@ -238,6 +248,17 @@ async def test_gcs_bundles_with_opa_configured_by_the_chart(
             )
             await traffic.count(10)
             await traffic.stop()
+            # OPA's decision log: the events of the first revision's requests
+            # have had time to ship (OPA holds the latest ones until a chunk fills).
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                records = await gw.audit_records()
+                events = {e["decision_id"]: e for e in decision_events(str(gw.audit_dir))}
+                if {r["decision_id"] for r in records if r["policy_revision"] == old} <= set(
+                    events
+                ):
+                    break
+                await asyncio.sleep(0.1)  # the next decision log upload
         finally:
             await gw.close()
     finally:
@@ -250,3 +271,9 @@ async def test_gcs_bundles_with_opa_configured_by_the_chart(
         old: "private-gpu",
         new: "bedrock",
     }
+    # OPA's decision log reached the gateway's ingestion: each event joins its
+    # record and names the same bundle revision.
+    joined = [(r, events[r["decision_id"]]) for r in records if r["decision_id"] in events]
+    assert {r["decision_id"] for r in records if r["policy_revision"] == old} <= set(events)
+    for record, event in joined:
+        assert event["bundles"]["kamiwaza"]["revision"] == record["policy_revision"]

@@ -14,8 +14,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.policy_source import BundleSource, opa_bundle_config
+from gateway.policy_source import BundleSource, merge_configs, opa_bundle_config
 from gateway.settings import load_settings
+from observability.decision_log import opa_decision_log_config
 from tests.bundle_helpers import rsa_key_pair
 from tests.helm import (
     CHART,
@@ -194,7 +195,13 @@ def test_chart_opa_config_is_the_gateways_for_the_same_settings(
     settings = load_settings(str(config_path), environ={})
     assert settings.policy_source == "bundle"
     assert settings.opa_url == "http://127.0.0.1:8181"
-    expected = opa_bundle_config(BundleSource.from_settings(settings))
+    assert (settings.audit_decision_logs, settings.audit_decision_logs_port) == (True, 8182)
+    token = settings.audit_decision_logs_token_file
+    assert token == "/run/kamiwaza/decision-logs/token"
+    expected = merge_configs(
+        opa_decision_log_config("http://127.0.0.1:8182/opa", token_path=token),
+        opa_bundle_config(BundleSource.from_settings(settings)),
+    )
     if signed:  # the chart's key text, trailing newline aside
         key = expected["keys"]["kamiwaza-bundle"]
         key["key"] = key["key"].strip()

@@ -41,6 +41,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "kamiwaza.bundleDir" -}}/etc/kamiwaza/bundle{{- end -}}
 {{- define "kamiwaza.tokenDir" -}}/var/run/kamiwaza/bundle-token{{- end -}}
 {{- define "kamiwaza.keysDir" -}}/etc/kamiwaza/keys{{- end -}}
+{{- define "kamiwaza.decisionLogDir" -}}/run/kamiwaza/decision-logs{{- end -}}
+{{- define "kamiwaza.decisionLogToken" -}}{{ include "kamiwaza.decisionLogDir" . }}/token{{- end -}}
 
 {{/* The bundle's URL: bundle.url, or the ConfigMap's file in the OPA container. */}}
 {{- define "kamiwaza.bundleUrl" -}}
@@ -131,8 +133,14 @@ gateway/policy_source.py's opa_bundle_config() for the same settings
 {{- if $b.persist -}}
 {{- $_ := set $config "persistence_directory" .Values.opa.persistenceDirectory -}}
 {{- end -}}
-{{- if .Values.opa.decisionLogsConsole -}}
-{{- $_ := set $config "decision_logs" (dict "console" true) -}}
+{{- if .Values.opa.decisionLogs.enabled -}}
+{{- /* observability/decision_log.py: opa_decision_log_config() */ -}}
+{{- $audit := dict "url" (printf "http://127.0.0.1:%d/opa" (int .Values.opa.decisionLogs.port)) "credentials" (dict "bearer" (dict "token_path" (include "kamiwaza.decisionLogToken" .))) "response_header_timeout_seconds" 10 -}}
+{{- $services := default dict $config.services -}}
+{{- $_ := set $services "kamiwaza-audit" $audit -}}
+{{- $_ := set $config "services" $services -}}
+{{- $reporting := dict "trigger" "immediate" "buffer_type" "event" "buffer_size_limit_events" 10000 "upload_size_limit_bytes" 65536 "min_delay_seconds" 1 "max_delay_seconds" 1 -}}
+{{- $_ := set $config "decision_logs" (dict "service" "kamiwaza-audit" "resource" "/logs" "console" false "reporting" $reporting) -}}
 {{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
@@ -148,7 +156,7 @@ gateway/policy_source.py's opa_bundle_config() for the same settings
   "policy_source" "bundle"
   "endpoints" (printf "%s/endpoints.yaml" (include "kamiwaza.configDir" .))
   "audit_dir" "/data/audit"
-  "audit_decision_logs" false
+  "audit_decision_logs" .Values.opa.decisionLogs.enabled
   "drain_timeout_s" .Values.gateway.drainTimeoutSeconds
   "bundle_url" (include "kamiwaza.bundleUrl" .)
   "bundle_credentials" (include "kamiwaza.bundleCredentials" .)
@@ -157,6 +165,10 @@ gateway/policy_source.py's opa_bundle_config() for the same settings
   "bundle_persist" $b.persist
   "bundle_persist_dir" .Values.opa.persistenceDirectory
 -}}
+{{- if .Values.opa.decisionLogs.enabled -}}
+{{- $_ := set $cfg "audit_decision_logs_port" (int .Values.opa.decisionLogs.port) -}}
+{{- $_ := set $cfg "audit_decision_logs_token_file" (include "kamiwaza.decisionLogToken" .) -}}
+{{- end -}}
 {{- if $b.region -}}{{- $_ := set $cfg "bundle_region" $b.region -}}{{- end -}}
 {{- if $b.endpointUrl -}}{{- $_ := set $cfg "bundle_endpoint_url" $b.endpointUrl -}}{{- end -}}
 {{- if eq (include "kamiwaza.bundleCredentials" .) "token_file" -}}
