@@ -238,6 +238,7 @@ def load_registry(settings: Settings) -> Registry:
     from translator.registry import check_registry
     from translator.source import load
 
+    BundleSource.from_settings(settings)  # a typo stops start-up, even with opa_url
     path = settings.endpoints or default_registry_path(settings.policy)
     shown = display_path(path)
     try:

@@ -148,3 +148,27 @@ def test_opa_config_per_source() -> None:
     assert local["bundles"]["kamiwaza"]["resource"] == "file:///etc/kamiwaza/bundle/b.tar.gz"
     with pytest.raises(ValueError, match=r"services \['x'\] defined twice"):
         merge_configs({"services": {"x": {}}}, {"services": {"x": {}}})
+
+
+def test_bundle_mode_checks_its_settings_at_start_up_even_with_an_external_opa(
+    tmp_path: Any,
+) -> None:
+    from gateway.app import create_app
+
+    (tmp_path / "endpoints.yaml").write_text(
+        "endpoints:\n  gpu:\n    type: openai-compatible\n    base_url: http://127.0.0.1:9/v1\n"
+    )
+    settings = load_settings(
+        overrides={
+            "policy_source": "bundle",
+            "bundle_url": "gs://bucket/k.tar.gz",
+            "bundle_credentials": "web_identity",
+            "opa_url": "http://127.0.0.1:8181",
+            "policy": str(tmp_path / "absent.yaml"),  # bundle mode reads no policy file
+            "keys": str(tmp_path / "keys.json"),
+            "audit_dir": str(tmp_path / "audit"),
+        },
+        environ={},
+    )
+    with pytest.raises(StartupError, match="bundle_credentials: expected one of gcp_metadata"):
+        create_app(settings, environ={})
