@@ -10,16 +10,17 @@ to Prometheus' OTLP receiver; the event loop never waits on it.
 Instruments (the Prometheus name after its OTLP translation, then the labels);
 durations are in seconds:
 
-- kamiwaza_gateway_request_duration_seconds (histogram): endpoint, model, rule,
-  status, stream. From arrival to the last byte (or the error).
+- kamiwaza_gateway_request_duration_seconds (histogram): operation, endpoint,
+  model, rule, status, stream. From arrival to the last byte (or the error).
 - kamiwaza_gateway_time_to_first_token_seconds (histogram): endpoint, model.
   Streams that sent a first frame.
 - kamiwaza_gateway_upstream_duration_seconds (histogram): endpoint, outcome.
   Each upstream attempt actually sent ("ok" or its error code).
 - kamiwaza_gateway_policy_duration_seconds (histogram): rule. One OPA decision.
-- kamiwaza_gateway_requests_total: tenant, endpoint, model, rule, status, stream.
+- kamiwaza_gateway_requests_total: tenant, operation, endpoint, model, rule,
+  status, stream. `operation` is chat, embeddings, messages or responses.
 - kamiwaza_gateway_decisions_total: rule, route_to, decision ("route" | "deny").
-- kamiwaza_gateway_tokens_total: tenant, endpoint, model, direction
+- kamiwaza_gateway_tokens_total: tenant, operation, endpoint, model, direction
   ("input" | "output").
 - kamiwaza_gateway_cost_usd_total: tenant, endpoint, model. US dollars, from
   the registry's prices.
@@ -368,7 +369,7 @@ class GatewayMetrics:
 
         self.requests = counter(
             "kamiwaza.gateway.requests",
-            ("tenant", "endpoint", "model", "rule", "status", "stream"),
+            ("tenant", "operation", "endpoint", "model", "rule", "status", "stream"),
             "{request}",
             "Model requests answered, by outcome",
         )
@@ -380,7 +381,7 @@ class GatewayMetrics:
         )
         self.tokens = counter(
             "kamiwaza.gateway.tokens",
-            ("tenant", "endpoint", "model", "direction"),
+            ("tenant", "operation", "endpoint", "model", "direction"),
             "{token}",
             "Tokens reported by the upstreams",
         )
@@ -474,14 +475,15 @@ class GatewayMetrics:
         tenant = label(record.tenant)
         status = str(record.status)
         stream = "true" if record.stream else "false"
+        operation = label(record.operation)
         latency = record.latency_ms
-        self.requests.add((tenant, endpoint, model, rule, status, stream), 1)
+        self.requests.add((tenant, operation, endpoint, model, rule, status, stream), 1)
         total = latency.get("total")
         if total is not None:
             self.request_duration.record(
                 total / 1000,
-                {"endpoint": endpoint, "model": model, "rule": rule, "status": status,
-                 "stream": stream},
+                {"operation": operation, "endpoint": endpoint, "model": model, "rule": rule,
+                 "status": status, "stream": stream},
             )  # fmt: skip
         policy = latency.get("policy")
         if policy is not None:
@@ -493,9 +495,9 @@ class GatewayMetrics:
             self.ttft.record(ttft / 1000, {"endpoint": endpoint, "model": model})
         tokens = record.tokens
         if tokens.get("input"):
-            self.tokens.add((tenant, endpoint, model, "input"), tokens["input"])
+            self.tokens.add((tenant, operation, endpoint, model, "input"), tokens["input"])
         if tokens.get("output"):
-            self.tokens.add((tenant, endpoint, model, "output"), tokens["output"])
+            self.tokens.add((tenant, operation, endpoint, model, "output"), tokens["output"])
         if record.cost_usd:
             self.cost.add((tenant, endpoint, model), record.cost_usd)
         previous = None
