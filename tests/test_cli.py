@@ -45,7 +45,7 @@ def test_check_ok_summarises_the_policy(workdir: Path) -> None:
     code, out, err = run("policy", "check", "routing.yaml")
     assert (code, err) == (0, "")
     assert out == (
-        "ok: routing.yaml: 3 rule(s), default -> anthropic, 8 test(s), 0 warning(s); "
+        "ok: routing.yaml: 5 rule(s), default -> anthropic, 11 test(s), 0 warning(s); "
         f"revision {example_revision()}\n"
     )
 
@@ -122,6 +122,8 @@ def test_compile_writes_policy_tests_and_data(workdir: Path) -> None:
     assert set(data["kamiwaza"]["endpoints"]) == {
         "private-gpu",
         "private-gpu-b",
+        "private-embeddings",
+        "openai-embeddings",
         "anthropic",
         "bedrock",
         "openai",
@@ -166,6 +168,9 @@ def test_policy_test_passes_on_the_example(workdir: Path, opa_bin: str) -> None:
     assert ours == sorted(
         f"PASS data.kamiwaza.policy_test.{name}"
         for name in (
+            "test_confidential_embeddings_stay_in_the_vpc",
+            "test_pii_embeddings_stay_in_the_vpc_too",
+            "test_other_embeddings_go_to_openai_with_the_private_endpoint_as_fallback",
             "test_pii_never_leaves_the_vpc",
             "test_pii_stays_on_prem_even_for_a_latency_sensitive_acme_request",
             "test_acme_with_a_tight_latency_budget_goes_to_anthropic",
@@ -192,11 +197,21 @@ def test_failing_policy_test_shows_expected_and_actual(workdir: Path, opa_bin: s
     lines = out.splitlines()
     fail = lines.index("FAIL data.kamiwaza.policy_test.test_a_low_cost_cap_goes_to_bedrock")
     assert lines[fail + 1] == (
-        "  test 'a low cost cap goes to Bedrock' (routing.yaml:36) expected: "
+        "  test 'a low cost cap goes to Bedrock' (routing.yaml:56) expected: "
         '{"route_to": "openai", "rule": "cost-capped"} actual: '
         '{"route_to": "bedrock", "rule": "cost-capped"}'
     )
     assert lines[-1].endswith(", 1 failed")
+
+
+# The example's first two rules, for a request that is not an embeddings request.
+EMBEDDING_RULES_NO_MATCH = (
+    "  #0 confidential-embeddings -> private-embeddings: no match  (routing.yaml:6)",
+    '      FAIL operation == "embeddings"   actual: (absent)',
+    '      FAIL data_class in ["confidential", "pii-restricted"]   actual: (absent)',
+    "  #1 embeddings -> openai-embeddings: no match  (routing.yaml:12)",
+    '      FAIL operation == "embeddings"   actual: (absent)',
+)
 
 
 @pytest.mark.integration
@@ -208,16 +223,17 @@ def test_explain_names_rule_conditions_and_values(workdir: Path, opa_bin: str) -
     assert (code, err) == (0, "")
     assert out.splitlines() == [
         "decision: route to bedrock (fallback: none)",
-        "matched rule: #2 cost-capped (routing.yaml:17)",
+        "matched rule: #4 cost-capped (routing.yaml:28)",
         f"policy revision: {example_revision()}",
         "",
         "rules in order:",
-        "  #0 pii-on-prem -> private-gpu: no match  (routing.yaml:6)",
+        *EMBEDDING_RULES_NO_MATCH,
+        "  #2 pii-on-prem -> private-gpu: no match  (routing.yaml:17)",
         '      FAIL data_class == "pii-restricted"   actual: (absent)',
-        "  #1 acme-low-latency -> anthropic: no match  (routing.yaml:12)",
+        "  #3 acme-low-latency -> anthropic: no match  (routing.yaml:23)",
         '      ok   tenant == "enterprise-acme"   actual: "enterprise-acme"',
         "      FAIL latency_budget_ms < 400   actual: 500",
-        "  #2 cost-capped -> bedrock: MATCH  (routing.yaml:17)",
+        "  #4 cost-capped -> bedrock: MATCH  (routing.yaml:28)",
         "      ok   cost_cap_per_1k < 0.002   actual: 0.001",
     ]
 
@@ -235,12 +251,13 @@ def test_explain_shows_overrides_and_denies(workdir: Path, opa_bin: str) -> None
         f"policy revision: {example_revision()}",
         "",
         "rules in order:",
-        "  #0 pii-on-prem -> private-gpu: no match  (routing.yaml:6)",
+        *EMBEDDING_RULES_NO_MATCH,
+        "  #2 pii-on-prem -> private-gpu: no match  (routing.yaml:17)",
         '      FAIL data_class == "pii-restricted"   actual: (absent)',
-        "  #1 acme-low-latency -> anthropic: no match  (routing.yaml:12)",
+        "  #3 acme-low-latency -> anthropic: no match  (routing.yaml:23)",
         '      FAIL tenant == "enterprise-acme"   actual: "globex"',
         "      FAIL latency_budget_ms < 400   actual: (absent)",
-        "  #2 cost-capped -> bedrock: no match  (routing.yaml:17)",
+        "  #4 cost-capped -> bedrock: no match  (routing.yaml:28)",
         "      FAIL cost_cap_per_1k < 0.002   actual: (absent)",
     ]
     code, out, err = explain(

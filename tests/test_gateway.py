@@ -223,6 +223,8 @@ async def test_pii_guard_holds_whatever_the_yaml_says(
             "private-gpu-b": 1,
             "anthropic": 0,
             "bedrock": 0,
+            "private-embeddings": 0,
+            "openai-embeddings": 0,
         }
         records = await gw.audit_records()
         assert records[1]["fallback"] == ["private-gpu-b"]
@@ -397,8 +399,8 @@ async def test_every_request_leaves_exactly_one_audit_record(gw: Gateway) -> Non
     assert len(records) == 3
     assert len({r["request_id"] for r in records}) == 3
     pii, cheap, bad = records
-    assert pii["rule"] == {"index": 0, "name": "pii-on-prem", "source": pii["rule"]["source"]}
-    assert pii["rule"]["source"].endswith("routing.yaml:6")
+    assert pii["rule"] == {"index": 2, "name": "pii-on-prem", "source": pii["rule"]["source"]}
+    assert pii["rule"]["source"].endswith("routing.yaml:17")
     assert pii["conditions"] == [
         {
             "field": "data_class",
@@ -427,12 +429,27 @@ async def test_every_request_leaves_exactly_one_audit_record(gw: Gateway) -> Non
 
 async def test_models_health_and_readiness(gw: Gateway) -> None:
     models = await client(gw).models.list()
-    assert sorted(m.id for m in models.data) == [
-        "model-of-anthropic",
-        "model-of-bedrock",
-        "model-of-private-gpu",
-        "model-of-private-gpu-b",
+    generation = ["chat", "messages", "responses"]
+    assert sorted((m.id, m.owned_by, m.model_extra["operations"]) for m in models.data) == [
+        ("model-of-anthropic", "openai-compatible", generation),
+        ("model-of-bedrock", "openai-compatible", generation),
+        ("model-of-openai-embeddings", "openai-compatible", ["embeddings"]),
+        ("model-of-private-embeddings", "openai-compatible", ["embeddings"]),
+        ("model-of-private-gpu", "openai-compatible", generation),
+        ("model-of-private-gpu-b", "openai-compatible", generation),
     ]
+    # Per operation, as an SDK asks: embedding models only.
+    embedding = await client(gw).models.list(extra_query={"operation": "embeddings"})
+    assert sorted(m.id for m in embedding.data) == [
+        "model-of-openai-embeddings",
+        "model-of-private-embeddings",
+    ]
+    # One model, and one the caller cannot use, as the SDK retrieves them.
+    model = await client(gw).models.retrieve("model-of-private-gpu")
+    assert (model.id, model.object) == ("model-of-private-gpu", "model")
+    with pytest.raises(openai.NotFoundError) as missing:
+        await client(gw).models.retrieve("gpt-unknown")
+    assert missing.value.body["code"] == "model_not_found"
     # What the caller may use: a PII tenant (floor) or a PII request sees only
     # the in-VPC endpoints the guards allow.
     for sdk, headers in (
@@ -441,9 +458,12 @@ async def test_models_health_and_readiness(gw: Gateway) -> None:
     ):
         models = await sdk.models.list(extra_headers=headers)
         assert sorted(m.id for m in models.data) == [
+            "model-of-private-embeddings",
             "model-of-private-gpu",
             "model-of-private-gpu-b",
         ]
+        with pytest.raises(openai.NotFoundError):
+            await sdk.models.retrieve("model-of-anthropic", extra_headers=headers)
     # No unauthenticated listing.
     async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="nope", max_retries=0) as anon:
         with pytest.raises(openai.AuthenticationError):

@@ -337,6 +337,8 @@ def _check_gauges(prom: PrometheusServer) -> None:
         ("private-gpu-b",): 0,
         ("anthropic",): 0,
         ("bedrock",): 2,
+        ("private-embeddings",): 0,
+        ("openai-embeddings",): 0,
     }
     # (The gateway's own audit pipeline reports too, under its sink's name.)
     assert prom.values("kamiwaza_audit_spool_depth", "sink")[("test-sink",)] == 2
