@@ -48,6 +48,7 @@ PRICING = {
     "openai-embeddings": (0.00002, 0.0),
 }
 EMBEDDINGS = frozenset({"private-embeddings", "openai-embeddings"})
+GENERATION = "chat, messages, responses"
 
 
 def registry_yaml(upstreams: dict[str, FakeUpstream], *, first_token_ms: int = 2000) -> str:
@@ -61,7 +62,7 @@ def registry_yaml(upstreams: dict[str, FakeUpstream], *, first_token_ms: int = 2
             f"    base_url: {up.url}",
             f"    model: model-of-{name}",
             f"    in_vpc: {'true' if IN_VPC[name] else 'false'}",
-            f"    operations: [{'embeddings' if name in EMBEDDINGS else 'chat, messages, responses'}]",
+            f"    operations: [{'embeddings' if name in EMBEDDINGS else GENERATION}]",
             f"    auth: {{bearer_token_env: {token_env(name)}}}",
             f"    pricing: {{input_per_1k: {price_in:.6f}, output_per_1k: {price_out:.6f}}}",
             "    timeouts:",
