@@ -110,6 +110,13 @@ def load_policy(settings: Settings) -> tuple[Registry, dict[str, str]]:
         result, files = compile_policy(settings.policy, settings.endpoints)
     except PolicyError as err:
         raise StartupError(f"the routing policy has errors:\n{err.report}") from err
+    if settings.shadow_policy:
+        from gateway.shadow import ShadowPolicyError, compile_shadow
+
+        try:
+            files.update(compile_shadow(settings))
+        except ShadowPolicyError as err:
+            raise StartupError(str(err)) from err
     return result.registry, files
 
 
@@ -243,7 +250,7 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
         opa_bin = settings.opa_bin or find_opa()
         sidecar = OpaSidecar(
             opa_bin,
-            [runtime_dir, settings.rego_dir],
+            [runtime_dir, settings.rego_dir, *settings.overrides_dirs],
             Path(settings.audit_dir) / "opa.log",
             config_file=app[AUDIT].write_opa_config(runtime_dir),
             env=go_runtime_env(settings.opa_gomaxprocs, settings.opa_gogc),
@@ -413,6 +420,7 @@ def _fill_decision(record: AuditRecord, decision: Decision) -> None:
     record.deny = list(decision.deny)
     record.route_to = decision.route_to
     record.fallback = list(decision.fallback)
+    record.shadow = decision.shadow_disagreement()
     record.latency_ms["policy"] = round(decision.elapsed_ms, 3)
 
 

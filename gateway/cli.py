@@ -8,6 +8,7 @@ import sys
 import click
 
 from gateway.keys_cli import keys
+from gateway.policy_cli import diff_cmd, shadow_report_cmd
 from observability.audit_cli import audit
 from translator.cli import policy
 
@@ -19,6 +20,8 @@ def main() -> None:
 
 
 main.add_command(policy)
+policy.add_command(diff_cmd)  # they read the audit trail: gateway/policy_cli.py
+policy.add_command(shadow_report_cmd)
 main.add_command(keys)
 main.add_command(audit)
 
