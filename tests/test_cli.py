@@ -14,6 +14,7 @@ from translator.pipeline import check
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "policies" / "routing.yaml"
+EXAMPLE_OVERRIDES = ROOT / "policies" / "examples" / "overrides"
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def test_check_ok_summarises_the_policy(workdir: Path) -> None:
     code, out, err = run("policy", "check", "routing.yaml")
     assert (code, err) == (0, "")
     assert out == (
-        "ok: routing.yaml: 3 rule(s), default -> anthropic, 8 test(s), 0 warning(s); "
+        "ok: routing.yaml: 3 rule(s), default -> anthropic, 7 test(s), 0 warning(s); "
         f"revision {example_revision()}\n"
     )
 
@@ -168,10 +169,32 @@ def test_policy_test_passes_on_the_example(workdir: Path, opa_bin: str) -> None:
             "test_a_low_cost_cap_goes_to_bedrock",
             "test_a_cost_cap_at_the_threshold_does_not",
             "test_a_request_with_no_metadata_takes_the_default",
-            "test_a_legal_hold_forces_the_private_gpu_whatever_the_rules_say",
         )
     )
-    assert lines[-1] == f"{len(lines) - 1} passed, 0 failed"
+    # Only the policy's own tests: the example override is not in use, and the
+    # entry point's and guards' tests are the project's (scripts/test.sh).
+    assert lines == [*lines[:7], "7 passed, 0 failed"]
+
+
+@pytest.mark.integration
+def test_policy_test_counts_the_tests_of_the_overrides_in_use(workdir: Path, opa_bin: str) -> None:
+    code, out, _ = run(
+        "policy", "test", "-v", "routing.yaml",
+        "--rego", str(ROOT / "rego"), "--overrides", str(EXAMPLE_OVERRIDES),
+    )  # fmt: skip
+    assert code == 0
+    lines = out.splitlines()
+    assert sorted(line for line in lines if ".overrides." in line) == [
+        f"PASS data.overrides.legal_hold_test.{name}"
+        for name in (
+            "test_a_legal_hold_forces_the_private_gpu_whatever_the_rules_say",
+            "test_embargoed_requests_are_denied",
+            "test_legal_hold_forces_private_gpu",
+            "test_no_route_without_legal_hold",
+            "test_other_export_labels_pass",
+        )
+    ]
+    assert lines[-1] == "12 passed, 0 failed"
 
 
 @pytest.mark.integration
@@ -224,6 +247,13 @@ def test_explain_shows_overrides_and_denies(workdir: Path, opa_bin: str) -> None
     )
     code, out, err = explain("--input", "in.json")
     assert (code, err) == (0, "")
+    # Not loaded by default: the rules decide.
+    assert out.splitlines()[:2] == [
+        "decision: route to anthropic (fallback: none)",
+        "matched rule: #3 default (routing.yaml:21)",
+    ]
+    code, out, err = explain("--input", "in.json", "--overrides", str(EXAMPLE_OVERRIDES))
+    assert (code, err) == (0, "")
     assert out.splitlines() == [
         "decision: route to private-gpu (fallback: none)",
         "override applied: legal_hold (compiled rules not used)",
@@ -240,6 +270,8 @@ def test_explain_shows_overrides_and_denies(workdir: Path, opa_bin: str) -> None
     ]
     code, out, err = explain(
         "--json",
+        "--overrides",
+        str(EXAMPLE_OVERRIDES),
         "--input",
         '{"data_class": "pii-restricted", "labels": {"legal_hold": "true"}, "tenant": "t"}',
     )

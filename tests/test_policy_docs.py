@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "policies" / "README.md"
 EXAMPLE_REGISTRY = ROOT / "policies" / "endpoints.yaml"
 REGO_DIR = ROOT / "rego"
+# The README's examples show the documented example override at work.
+EXAMPLE_OVERRIDES = ROOT / "policies" / "examples" / "overrides"
 
 DEFAULT_REGISTRY = "endpoints.yaml"
 PROBE_POLICY = "policy.yaml"  # the README's policy for registry-only examples
@@ -228,7 +230,7 @@ def test_valid_example_tests_pass_in_opa(example: Example, workdir: Path, opa_bi
     result, files = compile_policy(example.policy, example.registry_name)
     assert result.ir is not None and result.ir.tests
     write_output(files, str(workdir / "out"))
-    outcomes = run_tests([str(workdir / "out"), str(REGO_DIR)])
+    outcomes = run_tests([str(workdir / "out"), str(REGO_DIR), str(EXAMPLE_OVERRIDES)])
     ours = [o for o in outcomes if o.package == "data.kamiwaza.policy_test"]
     assert len(ours) == len(result.ir.tests)
     failed = [f"{o.name}: {o.error or ''} {o.output.strip()}" for o in ours if not o.passed]

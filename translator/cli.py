@@ -35,6 +35,22 @@ _rego_option = click.option(
 )
 
 
+_overrides_option = click.option(
+    "--overrides",
+    "overrides_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="An override directory in use, beside --rego (repeatable), e.g. "
+    "policies/examples/overrides for the example legal_hold override.",
+)
+
+
+def _in_use(package: str) -> bool:
+    """Whether a test package belongs to the policy or an override (`policy test`
+    counts those; the entry point's and guards' own tests are the project's)."""
+    return package == "data.kamiwaza.policy_test" or package.startswith("data.overrides.")
+
+
 def _fail_usage(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(EXIT_USAGE)
@@ -103,9 +119,16 @@ def compile_cmd(path: str, out_dir: str, endpoints: str | None) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @_endpoints_option
 @_rego_option
+@_overrides_option
 @click.option("-v", "--verbose", is_flag=True, help="List passing tests too.")
-def test_cmd(path: str, endpoints: str | None, rego_dir: str | None, verbose: bool) -> None:
-    """Compile the policy at PATH and run its tests (and rego/'s) with `opa test`."""
+def test_cmd(
+    path: str,
+    endpoints: str | None,
+    rego_dir: str | None,
+    overrides_dirs: tuple[str, ...],
+    verbose: bool,
+) -> None:
+    """Compile the policy at PATH and run its tests and those of the overrides in use."""
     from translator.opa import default_rego_dir, run_tests
     from translator.pipeline import write_output
 
@@ -113,9 +136,10 @@ def test_cmd(path: str, endpoints: str | None, rego_dir: str | None, verbose: bo
     with tempfile.TemporaryDirectory(prefix="kamiwaza-policy-") as tmp:
         write_output(files, tmp)
         try:
-            outcomes = run_tests([tmp, rego_dir or default_rego_dir()])
+            outcomes = run_tests([tmp, rego_dir or default_rego_dir(), *overrides_dirs])
         except OpaError as err:
             _fail_usage(str(err))
+    outcomes = [o for o in outcomes if _in_use(o.package)]
     failed = [o for o in outcomes if not o.passed]
     for outcome in outcomes:
         if outcome.passed and not verbose:
@@ -159,9 +183,15 @@ def _read_input(raw: str) -> dict[str, Any]:
 )
 @_endpoints_option
 @_rego_option
+@_overrides_option
 @click.option("--json", "as_json", is_flag=True, help="Print the raw decision as JSON.")
 def explain_cmd(
-    path: str, input_arg: str, endpoints: str | None, rego_dir: str | None, as_json: bool
+    path: str,
+    input_arg: str,
+    endpoints: str | None,
+    rego_dir: str | None,
+    overrides_dirs: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Evaluate the policy at PATH for one input with OPA and explain the decision."""
     from translator.emit import emit_explain
@@ -173,7 +203,7 @@ def explain_cmd(
     result, files = _compile_or_exit(path, endpoints)
     with tempfile.TemporaryDirectory(prefix="kamiwaza-policy-") as tmp:
         write_output({**files, **emit_explain(result.ir)}, tmp)
-        paths = [tmp, rego_dir or default_rego_dir()]
+        paths = [tmp, rego_dir or default_rego_dir(), *overrides_dirs]
         # One `opa eval` for both: each run loads and compiles every module again.
         query = '{"decision": data.kamiwaza.route.decision, "trace": data.kamiwaza.policy.explain}'
         try:
