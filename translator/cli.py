@@ -186,6 +186,7 @@ def _read_input(raw: str) -> dict[str, Any]:
 @_overrides_option
 @click.option("--json", "as_json", is_flag=True, help="Print the raw decision as JSON.")
 def explain_cmd(
+    *,
     path: str,
     input_arg: str,
     endpoints: str | None,
