@@ -183,6 +183,9 @@ def create_app(
     app.router.add_post("/v1/route", chat_completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
+    from gateway.dry_run import route_explain  # it reads this module's AppKeys
+
+    app.router.add_post("/v1/route/explain", route_explain)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

@@ -218,6 +218,16 @@ class PolicyClient:
             )
         return frozenset(result)
 
+    async def guard_refusals(self, input_doc: dict[str, Any]) -> dict[str, list[str]]:
+        """Each endpoint the guards refuse for this request, with their reasons."""
+        answer = await self._query(input_doc, GUARDS_PACKAGE, GUARDS_RULE)
+        result = answer.get("result", {}) if isinstance(answer, dict) else None
+        if not isinstance(result, dict):
+            raise PolicyUnavailableError(
+                "OPA answered the guards query without an object", code="policy_malformed"
+            )
+        return {name: sorted(map(str, reasons)) for name, reasons in sorted(result.items())}
+
     async def _decide(self, input_doc: dict[str, Any]) -> Decision:
         start = time.perf_counter()
         answer = await self._query(input_doc, DECISION_PACKAGE, DECISION_RULE)

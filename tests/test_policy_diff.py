@@ -18,6 +18,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from gateway.app import OBSERVERS
 from gateway.cli import main
+from gateway.policy_cli import route_inputs
 from observability.metrics import GatewayMetrics
 from tests.gateway_harness import ROOT, Gateway, start_gateway
 from translator.diff import compare_inputs, compile_pair, render_table, replay, report
@@ -493,3 +494,14 @@ def test_report_on_generated_decisions(
         "  gpu -> gpu-b            4  req-00002, req-00010",
         "  saas -> cheap           4  req-00003, req-00006",
     ]
+
+
+def test_only_routing_decisions_of_real_requests_are_replayed() -> None:
+    routed = {"tenant": "a", "request": {"id": "req-1"}}
+    events = [
+        {"path": "kamiwaza/route/decision", "input": routed},
+        {"path": "kamiwaza/guards/refusals", "input": {"tenant": "a"}},  # GET /v1/models
+        {"path": "kamiwaza/route/decision", "input": {"request": {"id": "dry-run-0a"}}},
+        {"path": "kamiwaza/route/decision"},  # no input logged
+    ]
+    assert route_inputs(events) == [routed]
