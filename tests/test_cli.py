@@ -246,8 +246,13 @@ def test_explain_shows_overrides_and_denies(workdir: Path, opa_bin: str) -> None
         json.dumps({"tenant": "globex", "labels": {"legal_hold": "true"}})
     )
     code, out, err = explain("--input", "in.json")
-    assert (code, err) == (0, "")
-    # Not loaded by default: the rules decide.
+    # Not loaded by default: the rules decide, and nothing reads the label.
+    assert (code, err) == (
+        0,
+        "in.json:1:33: warning[W005]: input field 'labels.legal_hold' is never read by the "
+        "policy, its overrides or guards\n"
+        '   1 | {"tenant": "globex", "labels": {"legal_hold": "true"}}\n' + " " * 39 + "^\n",
+    )
     assert out.splitlines()[:2] == [
         "decision: route to anthropic (fallback: none)",
         "matched rule: #3 default (routing.yaml:21)",
@@ -306,3 +311,48 @@ def test_missing_opa_binary_is_a_usage_error(
     code, _, err = run("policy", "test", "routing.yaml", "--rego", str(ROOT / "rego"))
     assert code == 2
     assert f"KAMIWAZA_OPA_BIN={workdir / 'no-opa'} is not an executable file" in err
+
+
+def test_check_takes_the_data_classes_from_the_flag_or_the_gateway_config(workdir: Path) -> None:
+    (workdir / "classes.yaml").write_text(
+        "version: v1\nrules:\n  - name: secret\n    match:\n      data_class: 'secret-*'\n"
+        "    route_to: private-gpu\n"
+    )
+    code, out, err = run("policy", "check", "classes.yaml")
+    assert code == 0
+    assert err.splitlines()[0] == (
+        "classes.yaml:5:19: warning[W002]: rule 'secret': glob 'secret-*' is not among the "
+        "configured data classes (public, internal, confidential, pii-restricted): the rule "
+        "can never match"
+    )
+    code, out, err = run("policy", "check", "classes.yaml", "--data-classes", "public,secret-eu")
+    assert (code, err) == (0, "")
+    (workdir / "gateway.yaml").write_text("data_classes: [public, secret-us]\nport: 9000\n")
+    code, out, err = run("policy", "check", "classes.yaml", "--config", "gateway.yaml", "--strict")
+    assert (code, err) == (0, "")
+    assert out.startswith("ok: classes.yaml: 1 rule(s), no default, 0 test(s), 0 warning(s)")
+    (workdir / "broken.yaml").write_text("data_classes: 7\n")
+    code, _, err = run("policy", "check", "classes.yaml", "--config", "broken.yaml")
+    assert (code, err) == (
+        2,
+        "error: config file broken.yaml: data_classes: expected a list of names\n",
+    )
+
+
+def test_check_reads_the_overrides_in_use(workdir: Path) -> None:
+    # The example override forces private-gpu, which the registry has: no warning.
+    code, _, err = run("policy", "check", "routing.yaml", "--overrides", str(EXAMPLE_OVERRIDES))
+    assert (code, err) == (0, "")
+    (workdir / "endpoints.yaml").write_text(
+        "endpoints:\n  anthropic: {type: anthropic}\n  bedrock: {type: bedrock, region: x}\n"
+    )
+    (workdir / "small.yaml").write_text(
+        "version: v1\nrules:\n  - default:\n      route_to: anthropic\n"
+    )
+    code, _, err = run("policy", "check", "small.yaml", "--overrides", str(EXAMPLE_OVERRIDES))
+    assert code == 0
+    shown = EXAMPLE_OVERRIDES / "legal_hold" / "legal_hold.rego"
+    assert err.splitlines()[0] == (
+        f"{shown}:26:23: warning[W004]: override legal_hold forces a route to 'private-gpu', "
+        "which is not in the registry (endpoints.yaml): the requests it forces are denied"
+    )
