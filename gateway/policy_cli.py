@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import click
@@ -240,7 +240,8 @@ def shadow_report_cmd(
     start, end = _window(since, until)
     where = Where(source, config_file, endpoint_url, region, project)
     try:
-        records = request_records(where.open(), since=start, until=end)
+        # Objects are keyed by their first record's hour: list from an hour earlier.
+        records = request_records(where.open(), since=start - timedelta(hours=1), until=end)
     except click.ClickException:
         raise
     except Exception as err:
