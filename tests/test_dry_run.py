@@ -161,16 +161,34 @@ def test_dry_run_of_a_request_an_override_denies(
         "override legal_hold: export-controlled request: data labelled "
         "export_control=embargoed may not be processed"
     )
-    assert lines[:5] == [
+    assert lines == [
         "dry run of POST /v1/chat/completions (nothing is forwarded)",
         "",
         f"identity: tenant globex, user u-2, roles dev, api_key {key_id(keys['globex'])}",
         "  may send: any data class; key default: (none)",
         "metadata: data class internal, latency budget (absent), cost cap (absent), "
         "labels export_control=embargoed",
-    ]
-    after_input = lines[lines.index("  }") + 1 :]
-    assert after_input == [
+        "",
+        "OPA input:",
+        "  {",
+        '    "tenant": "globex",',
+        '    "user": {',
+        '      "roles": [',
+        '        "dev"',
+        "      ],",
+        '      "id": "u-2"',
+        "    },",
+        '    "data_class": "internal",',
+        '    "request": {',
+        '      "id": "dry-run-ID",',
+        '      "path": "/v1/chat/completions",',
+        '      "stream": false',
+        "    },",
+        '    "model": "gpt-4o",',
+        '    "labels": {',
+        '      "export_control": "embargoed"',
+        "    }",
+        "  }",
         "",
         "decision: DENY",
         f"  - {reason}",
@@ -194,8 +212,32 @@ def test_dry_run_of_a_request_the_guards_refuse(
         "guard pii-in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "
         '"{}" is outside the VPC'
     )
-    after_input = lines[lines.index("  }") + 1 :]
-    assert after_input == [
+    assert lines == [
+        "dry run of POST /v1/chat/completions (nothing is forwarded)",
+        "",
+        "identity: tenant enterprise-acme, user u-17, roles analyst, api_key "
+        + key_id(keys["acme"]),
+        "  may send: any data class; key default: (none)",
+        "metadata: data class pii-restricted, latency budget (absent), cost cap (absent), "
+        "labels (none)",
+        "",
+        "OPA input:",
+        "  {",
+        '    "tenant": "enterprise-acme",',
+        '    "user": {',
+        '      "roles": [',
+        '        "analyst"',
+        "      ],",
+        '      "id": "u-17"',
+        "    },",
+        '    "data_class": "pii-restricted",',
+        '    "request": {',
+        '      "id": "dry-run-ID",',
+        '      "path": "/v1/chat/completions",',
+        '      "stream": false',
+        "    },",
+        '    "model": "gpt-4o"',
+        "  }",
         "",
         "decision: DENY",
         f"  - {refused.format('anthropic')}",
