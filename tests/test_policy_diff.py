@@ -505,3 +505,48 @@ def test_only_routing_decisions_of_real_requests_are_replayed() -> None:
         {"path": "kamiwaza/route/decision"},  # no input logged
     ]
     assert route_inputs(events) == [routed]
+
+
+def test_the_shadow_field_is_parsed_and_a_malformed_one_never_fails_a_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gateway.policy import ShadowDecision, parse_decision
+
+    live = {
+        "route_to": "gpu",
+        "fallback": [],
+        "rule": {"index": 0, "name": "a", "source": "p.yaml:3"},
+        "deny": [],
+        "revision": "sha256:live",
+    }
+    shadow = {
+        "revision": "sha256:cand",
+        "route_to": None,
+        "fallback": [],
+        "rule": {"index": 1, "name": "b", "source": "c.yaml:7"},
+        "deny": ["no route: ..."],
+    }
+    decision = parse_decision({**live, "shadow": shadow}, "d-1", 0.5)
+    assert decision.shadow == ShadowDecision(
+        "sha256:cand", None, (), {"index": 1, "name": "b", "source": "c.yaml:7"}, ("no route: ...",)
+    )
+    assert decision.shadow_disagreement() == {
+        "revision": "sha256:cand",
+        "route_to": None,
+        "rule": {"index": 1, "name": "b", "source": "c.yaml:7"},
+    }
+    same = parse_decision(
+        {**live, "shadow": {**shadow, "route_to": "gpu", "rule": live["rule"]}}, None, 0
+    )
+    assert same.shadow is not None
+    assert same.shadow_disagreement() is None
+    assert parse_decision(live, None, 0).shadow is None
+    for bad in (
+        {**shadow, "route_to": 7},
+        {**shadow, "fallback": "gpu"},
+        {**shadow, "rule": "b"},
+        [],
+    ):
+        decision = parse_decision({**live, "shadow": bad}, None, 0)
+        assert (decision.route_to, decision.shadow) == ("gpu", None)
+    assert caplog.text.count("OPA returned a malformed shadow decision") == 4
