@@ -20,6 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway import dry_run
 from gateway.audit_config import audit_config, sink_config
 from gateway.auth import Authenticator, JwtVerifier, KeyStore
 from gateway.errors import (
@@ -77,6 +78,13 @@ def load_policy(settings: Settings) -> tuple[Registry, dict[str, str]]:
         )
     except PolicyError as err:
         raise StartupError(f"the routing policy has errors:\n{err.report}") from err
+    if settings.shadow_policy:
+        from gateway.shadow import ShadowPolicyError, compile_shadow
+
+        try:
+            files.update(compile_shadow(settings))
+        except ShadowPolicyError as err:
+            raise StartupError(str(err)) from err
     return result.registry, files
 
 
@@ -141,6 +149,7 @@ def create_app(
             app.router.add_post(path, pipeline.handler(front))
     models.add_routes(app)
     health.add_routes(app)
+    dry_run.add_routes(app)
     return app
 
 
@@ -248,7 +257,7 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
             opa_bin = settings.opa_bin or find_opa()
             sidecar = OpaSidecar(
                 opa_bin,
-                [runtime_dir, settings.rego_dir],
+                [runtime_dir, settings.rego_dir, *settings.overrides_dirs],
                 Path(settings.audit_dir) / "opa.log",
                 config_file=app[AUDIT].write_opa_config(runtime_dir),
                 env=go_runtime_env(settings.opa_gomaxprocs, settings.opa_gogc),

@@ -62,6 +62,12 @@ class Settings:
     audit_prompt_salt_env: str | None = None  # variable holding the prompt-hash salt
     audit_decision_logs: bool = True  # OPA decision log -> loopback ingestion
     rego_dir: str = "rego"
+    # Override directories loaded beside rego_dir (e.g. the shipped example,
+    # policies/examples/overrides): none by default, an operator opts in.
+    overrides_dirs: tuple[str, ...] = ()
+    # A candidate policy decided beside the live one on every request, in the
+    # same OPA query, never routing; disagreements go to audit and metrics.
+    shadow_policy: str | None = None
     # None: start and supervise an OPA sidecar on loopback.
     opa_url: str | None = None
     opa_bin: str | None = None
@@ -170,6 +176,12 @@ def _str_list(value: Any, where: str) -> tuple[str, ...]:
     return tuple(_str(item, where).strip() for item in items)
 
 
+def _opt_str_list(value: Any, where: str) -> tuple[str, ...]:
+    if value in (None, "", []):
+        return ()
+    return _str_list(value, where)
+
+
 def _str_map(value: Any, where: str) -> Mapping[str, str]:
     if isinstance(value, str):  # env form: "acme=confidential,globex=internal"
         pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
@@ -239,6 +251,8 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "audit_prompt_salt_env": _opt_str,
     "audit_decision_logs": _bool,
     "rego_dir": _str,
+    "overrides_dirs": _opt_str_list,
+    "shadow_policy": _opt_str,
     "opa_url": _opt_str,
     "opa_bin": _opt_str,
     "opa_timeout_ms": lambda v, w: _int(v, w, minimum=1),

@@ -26,6 +26,8 @@ durations are in seconds:
   the registry's prices.
 - kamiwaza_gateway_upstream_attempts_total: endpoint, outcome (attempts skipped
   with the circuit open count too, as "circuit_open").
+- kamiwaza_gateway_shadow_disagreements_total: live_rule, shadow_rule. Requests
+  the `shadow_policy` decided otherwise (another endpoint or rule).
 - kamiwaza_gateway_failovers_total: endpoint (the one left), reason (its error).
 - kamiwaza_gateway_circuit_breaker_state (gauge): endpoint. 0 closed,
   1 half-open, 2 open.
@@ -397,6 +399,12 @@ class GatewayMetrics:
             "{attempt}",
             "Upstream attempts, including ones skipped (circuit open)",
         )
+        self.shadow_disagreements = counter(
+            "kamiwaza.gateway.shadow.disagreements",
+            ("live_rule", "shadow_rule"),
+            "{decision}",
+            "Requests the shadow policy decided otherwise (endpoint or rule)",
+        )
         self.failovers = counter(
             "kamiwaza.gateway.failovers",
             ("endpoint", "reason"),
@@ -490,6 +498,8 @@ class GatewayMetrics:
             self.policy_duration.record(policy / 1000, {"rule": rule})
             decision = "deny" if record.deny else "route"
             self.decisions.add((rule, label(record.route_to), decision), 1)
+        if record.shadow is not None:
+            self.shadow_disagreements.add((rule, rule_label(record.shadow.get("rule"), None)), 1)
         ttft = latency.get("ttft")
         if ttft is not None:
             self.ttft.record(ttft / 1000, {"endpoint": endpoint, "model": model})

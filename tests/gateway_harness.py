@@ -20,6 +20,8 @@ from observability.tracing import GatewayTracing
 from tests.fake_upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
+# The opt-in example override (legal_hold), for the `overrides_dirs` setting.
+EXAMPLE_OVERRIDES = str(ROOT / "policies" / "examples" / "overrides")
 
 # The example policy's endpoints, all speaking the OpenAI-compatible protocol
 # here so that every rule can be exercised before the other adapters exist.

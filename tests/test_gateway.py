@@ -13,7 +13,7 @@ import aiohttp
 import openai
 import pytest
 
-from tests.gateway_harness import Gateway, start_gateway, token_of
+from tests.gateway_harness import EXAMPLE_OVERRIDES, Gateway, start_gateway, token_of
 from tests.processes import free_port
 
 pytestmark = pytest.mark.integration
@@ -164,7 +164,25 @@ async def test_route_endpoint_is_the_same_handler(gw: Gateway) -> None:
     assert record["path"] == "/v1/route"
 
 
-async def test_overrides_force_a_route_and_deny(gw: Gateway) -> None:
+async def test_the_example_override_is_not_loaded_by_default(gw: Gateway) -> None:
+    raw, _ = await routed(gw, "globex", headers={"X-Labels": "legal_hold=true"})
+    assert raw.headers["X-Kamiwaza-Endpoint"] == "anthropic"
+    assert raw.headers["X-Kamiwaza-Rule"] == "default"
+
+
+@pytest.fixture
+async def gw_with_overrides(
+    tmp_path: Path, fake_upstream: Any, opa_bin: str
+) -> AsyncIterator[Gateway]:
+    gateway = await start_gateway(
+        tmp_path, fake_upstream, settings_overrides={"overrides_dirs": [EXAMPLE_OVERRIDES]}
+    )
+    yield gateway
+    await gateway.close()
+
+
+async def test_overrides_force_a_route_and_deny(gw_with_overrides: Gateway) -> None:
+    gw = gw_with_overrides
     raw, _ = await routed(gw, "globex", headers={"X-Labels": "legal_hold=true"})
     assert raw.headers["X-Kamiwaza-Endpoint"] == "private-gpu"
     assert raw.headers["X-Kamiwaza-Rule"] == "override:legal_hold"

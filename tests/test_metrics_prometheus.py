@@ -31,7 +31,7 @@ from observability.metrics import (
 )
 from observability.stats import quantile
 from tests.fake_upstream import Behavior
-from tests.gateway_harness import Gateway, start_gateway
+from tests.gateway_harness import EXAMPLE_OVERRIDES, Gateway, start_gateway
 from tests.prometheus_server import ROOT, PrometheusServer
 
 pytestmark = pytest.mark.integration
@@ -152,6 +152,7 @@ async def test_metrics_arrive_in_prometheus_with_exact_values(
             "otlp_endpoint": prometheus.otlp_url,
             "metrics_interval_s": 3600,  # exports happen when the test flushes
             "breaker_failures": 2,
+            "overrides_dirs": [EXAMPLE_OVERRIDES],
         },
     )
     try:

@@ -113,7 +113,12 @@ def _serve(workdir: Path, port: int, opa_bin: str) -> subprocess.Popen[bytes]:
              "--port", str(port), "--audit-dir", "audit", "--rego", str(ROOT / "rego"),
              "--allow-unconfigured-endpoints"],
             cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "KAMIWAZA_OPA_BIN": opa_bin},
+            env={
+                **os.environ,
+                "KAMIWAZA_OPA_BIN": opa_bin,
+                # The example override, enabled as an operator would.
+                "KAMIWAZA_OVERRIDES_DIRS": str(ROOT / "policies" / "examples" / "overrides"),
+            },
         )  # fmt: skip
     deadline = time.monotonic() + 30
     status = 0
@@ -212,7 +217,12 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path, opa_bin: str) -> None:
              "--port", str(port), "--audit-dir", "audit", "--rego", str(ROOT / "rego"),
              "--allow-unconfigured-endpoints"],
             cwd=workdir, capture_output=True, text=True, timeout=60, check=False,
-            env={**os.environ, "KAMIWAZA_OPA_BIN": opa_bin},
+            env={
+                **os.environ,
+                "KAMIWAZA_OPA_BIN": opa_bin,
+                # The example override, enabled as an operator would.
+                "KAMIWAZA_OVERRIDES_DIRS": str(ROOT / "policies" / "examples" / "overrides"),
+            },
         )  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-1] == (
