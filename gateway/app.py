@@ -20,6 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway import dry_run
 from gateway.audit_config import audit_config, sink_config
 from gateway.auth import Authenticator, JwtVerifier, KeyStore
 from gateway.errors import (
@@ -85,6 +86,13 @@ def load_policy(settings: Settings) -> tuple[Registry, dict[str, str]]:
         )
     except PolicyError as err:
         raise StartupError(f"the routing policy has errors:\n{err.report}") from err
+    if settings.shadow_policy:
+        from gateway.shadow import ShadowPolicyError, compile_shadow
+
+        try:
+            files.update(compile_shadow(settings))
+        except ShadowPolicyError as err:
+            raise StartupError(str(err)) from err
     return result.registry, files
 
 
@@ -156,6 +164,7 @@ def create_app(
             app.router.add_post(path, pipeline.handler(front))
     models.add_routes(app)
     health.add_routes(app)
+    dry_run.add_routes(app)
     return app
 
 

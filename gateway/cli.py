@@ -7,8 +7,10 @@ import sys
 
 import click
 
+from gateway.bundle_cli import publish
+from gateway.dry_run_cli import route
 from gateway.keys_cli import keys
-from gateway.policy_cli import publish
+from gateway.policy_cli import diff_cmd, shadow_report_cmd
 from observability.audit_cli import ConfigReader, audit
 from translator.cli import policy
 
@@ -27,8 +29,11 @@ def main(ctx: click.Context) -> None:
 
 policy.add_command(publish)  # needs boto3/GCS, which translator/ does not import
 main.add_command(policy)
+policy.add_command(diff_cmd)  # they read the audit trail: gateway/policy_cli.py
+policy.add_command(shadow_report_cmd)
 main.add_command(keys)
 main.add_command(audit)
+main.add_command(route)
 
 
 @main.command("serve")

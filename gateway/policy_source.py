@@ -257,7 +257,9 @@ def load_registry(settings: Settings) -> Registry:
 def sidecar_paths(settings: Settings, runtime_dir: str) -> list[str]:
     """What the own sidecar loads from files: the compiled policy and rego/, or
     nothing in bundle mode (the bundle plugin brings both)."""
-    return [] if settings.policy_source == "bundle" else [runtime_dir, settings.rego_dir]
+    if settings.policy_source == "bundle":
+        return []
+    return [runtime_dir, settings.rego_dir, *settings.overrides_dirs]
 
 
 def sidecar_settings_env(settings: Settings) -> dict[str, str]:

@@ -66,6 +66,12 @@ class Settings:
     audit_decision_logs_port: int = 0
     audit_decision_logs_token_file: str | None = None
     rego_dir: str = "rego"
+    # Override directories loaded beside rego_dir (e.g. the shipped example,
+    # policies/examples/overrides): none by default, an operator opts in.
+    overrides_dirs: tuple[str, ...] = ()
+    # A candidate policy decided beside the live one on every request, in the
+    # same OPA query, never routing; disagreements go to audit and metrics.
+    shadow_policy: str | None = None
     # None: start and supervise an OPA sidecar on loopback.
     opa_url: str | None = None
     opa_bin: str | None = None
@@ -193,6 +199,12 @@ def _str_list(value: Any, where: str) -> tuple[str, ...]:
     return tuple(_str(item, where).strip() for item in items)
 
 
+def _opt_str_list(value: Any, where: str) -> tuple[str, ...]:
+    if value in (None, "", []):
+        return ()
+    return _str_list(value, where)
+
+
 def _str_map(value: Any, where: str) -> Mapping[str, str]:
     if isinstance(value, str):  # env form: "acme=confidential,globex=internal"
         pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
@@ -264,6 +276,8 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "audit_decision_logs_port": lambda v, w: _int(v, w, minimum=0),
     "audit_decision_logs_token_file": _opt_str,
     "rego_dir": _str,
+    "overrides_dirs": _opt_str_list,
+    "shadow_policy": _opt_str,
     "opa_url": _opt_str,
     "opa_bin": _opt_str,
     "opa_timeout_ms": lambda v, w: _int(v, w, minimum=1),
@@ -366,6 +380,8 @@ def _cross_check(settings: Settings) -> None:
             raise SettingsError(f"tenant_floors.{tenant}: {floor!r} is not one of data_classes")
     if settings.policy_source == "bundle" and settings.bundle_url is None:
         raise SettingsError("bundle_url: required when policy_source is bundle")
+    if settings.policy_source == "bundle" and settings.shadow_policy:
+        raise SettingsError("shadow_policy: compiled here, so policy_source files only")
     if settings.bundle_poll_max_s < settings.bundle_poll_min_s:
         raise SettingsError("bundle_poll_max_s: must not be below bundle_poll_min_s")
     required = {"s3": "audit_s3_bucket", "gcs": "audit_gcs_bucket", "http": "audit_http_url"}

@@ -67,6 +67,9 @@ class AuditRecord:
     error: dict[str, str] | None = None  # {"type", "code", "message"} when status >= 400
     # HMAC-SHA256 of the request's messages under the operator's salt (None: off).
     prompt_hash: str | None = None
+    # The shadow policy's {revision, route_to, rule} when it decided otherwise
+    # (`shadow_policy`); left out of the record when it agreed or none is loaded.
+    shadow: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # dataclasses.asdict deep-copies every value (~0.25 ms a record); the
@@ -81,6 +84,8 @@ class AuditRecord:
             }
             for a in self.attempts
         ]
+        if self.shadow is None:
+            del doc["shadow"]
         return doc
 
     def to_json(self) -> str:

@@ -284,7 +284,7 @@ def test_json_schema_response_format_becomes_output_config() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"n": 2}, "'n' must be 1"),
+        ({"n": 2}, r"one choice per request \(n = 1\)"),
         ({"logprobs": True}, "log probabilities"),
         ({"messages": []}, "non-empty list"),
         ({"messages": [{"role": "function", "content": "x"}]}, "role 'function'"),
@@ -316,7 +316,7 @@ def test_json_schema_response_format_becomes_output_config() -> None:
                         }
                     ]
                 },
-                "not valid base64",
+                "valid base64",
             )
             for data in ("not base64!", "aGVsbG8=é")  # the second is not even ASCII
         ),
@@ -325,8 +325,15 @@ def test_json_schema_response_format_becomes_output_config() -> None:
     ],
 )
 def test_requests_bedrock_cannot_take_are_refused(change: dict[str, Any], message: str) -> None:
-    with pytest.raises(translate.RequestError, match=message):
+    with pytest.raises(AttemptFailed, match=message) as info:
         translate.build_converse_request({**FULL_REQUEST, **change})
+    # The shared reader's refusal: a 400 that never fails over.
+    failure = info.value.failure
+    assert (failure.status_for_client, failure.code, failure.retryable) == (
+        400,
+        "unsupported_request",
+        False,
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -49,7 +49,8 @@ def test_bundle_cli_builds_a_deterministic_signed_bundle(tmp_path: Path, opa_bin
     for target in out:
         proc = subprocess.run(
             [KAMIWAZA, "policy", "bundle", str(ROOT / "policies" / "routing.yaml"),
-             "-o", str(target), "--signing-key", str(keys.private), "--rego", str(ROOT / "rego")],
+             "-o", str(target), "--signing-key", str(keys.private), "--rego", str(ROOT / "rego"),
+             "--overrides", str(ROOT / "policies" / "examples" / "overrides")],
             capture_output=True, text=True, timeout=60, check=False,
             env={"KAMIWAZA_OPA_BIN": opa_bin, "PATH": "/usr/bin:/bin"},
         )  # fmt: skip

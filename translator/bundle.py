@@ -24,7 +24,7 @@ import os
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,26 +65,32 @@ class Bundle:
     signed: bool
 
 
-def bundle_files(compiled: Mapping[str, str], rego_dir: str | Path) -> dict[str, str]:
+def bundle_files(
+    compiled: Mapping[str, str],
+    rego_dir: str | Path,
+    overrides_dirs: Sequence[str | Path] = (),
+) -> dict[str, str]:
     """The bundle's policy and data files, by path inside the bundle.
 
     `compiled` is what :func:`translator.pipeline.compile_policy` emits; the
-    compiled tests and `rego/`'s `_test.rego` files are left out (they are run
-    before publishing, not shipped to every replica)."""
+    Rego of `rego_dir` keeps its paths, that of each override directory goes
+    under `overrides/`. The compiled tests and the `_test.rego` files are left
+    out (they are run before publishing, not shipped to every replica)."""
     data = json.loads(compiled[DATA_FILE])
     files = {
         POLICY_FILE: compiled[POLICY_FILE],
         # Under the root it belongs to, so that the manifest's roots admit it.
         "kamiwaza/data.json": json.dumps(data["kamiwaza"], indent=2, sort_keys=True) + "\n",
     }
-    root = Path(rego_dir)
-    for path in sorted(root.rglob("*.rego")):
-        if path.name.endswith("_test.rego"):
-            continue
-        rel = path.relative_to(root).as_posix()
-        if rel in files:
-            raise BundleError(f"{path}: clashes with the compiled policy's {rel}")
-        files[rel] = path.read_text(encoding="utf-8")
+    sources = [(Path(rego_dir), ""), *((Path(d), "overrides/") for d in overrides_dirs)]
+    for root, prefix in sources:
+        for path in sorted(root.rglob("*.rego")):
+            if path.name.endswith("_test.rego"):
+                continue
+            rel = prefix + path.relative_to(root).as_posix()
+            if rel in files:
+                raise BundleError(f"{path}: another file of the bundle is already {rel}")
+            files[rel] = path.read_text(encoding="utf-8")
     return files
 
 

@@ -18,6 +18,11 @@ from translator import rego
 from translator.classes import classes_data
 from translator.ir import IRBranch, IRCondition, IRPolicy, IRTest
 
+POLICY_PACKAGE = "kamiwaza.policy"
+# Where a candidate policy is compiled to be decided beside the live one (the
+# gateway's `shadow_policy`, `kamiwaza policy diff`): the entry point reads it
+# as data.kamiwaza.shadow.
+SHADOW_PACKAGE = "kamiwaza.shadow"
 POLICY_FILE = "kamiwaza/policy/policy.rego"
 EXPLAIN_FILE = "kamiwaza/policy/explain.rego"
 TEST_FILE = "kamiwaza/policy/policy_test.rego"
@@ -59,14 +64,7 @@ def emit(
     default: the built-in classes)."""
     data = {"endpoints": registry_data, "classes": classes or classes_data()}
     files = {
-        POLICY_FILE: _render(
-            "policy.rego.j2",
-            source=_comment(ir.source_path),
-            revision=rego.string(ir.revision),
-            branches=[_branch_view(b) for b in ir.branches],
-            default=_branch_view(ir.default) if ir.default else None,
-            any_helper=ir.uses_any_helper,
-        ),
+        POLICY_FILE: emit_rules(ir),
         DATA_FILE: json.dumps({"kamiwaza": data}, indent=2) + "\n",
     }
     if ir.tests:
@@ -74,6 +72,26 @@ def emit(
             "policy_test.rego.j2", source=_comment(ir.source_path), tests=_test_views(ir.tests)
         )
     return files
+
+
+def emit_rules(ir: IRPolicy, package: str = POLICY_PACKAGE) -> str:
+    """The compiled rules as one Rego module of `package` (a dotted name)."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*", package):
+        raise ValueError(f"not a Rego package name: {package!r}")
+    return _render(
+        "policy.rego.j2",
+        package=package,
+        source=_comment(ir.source_path),
+        revision=rego.string(ir.revision),
+        branches=[_branch_view(b) for b in ir.branches],
+        default=_branch_view(ir.default) if ir.default else None,
+        any_helper=ir.uses_any_helper,
+    )
+
+
+def shadow_file(package: str = SHADOW_PACKAGE) -> str:
+    """Where the module of `package` goes, relative to the output directory."""
+    return package.replace(".", "/") + "/policy.rego"
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ def fill_decision(record: AuditRecord, decision: Decision) -> None:
     record.deny = list(decision.deny)
     record.route_to = decision.route_to
     record.fallback = list(decision.fallback)
+    record.shadow = decision.shadow_disagreement()
     record.latency_ms["policy"] = round(decision.elapsed_ms, 3)
 
 

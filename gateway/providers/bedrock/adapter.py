@@ -33,6 +33,7 @@ from yarl import URL
 from gateway.errors import ProviderConfigError
 from gateway.providers.adapter import ProviderAdapter, StreamTranslator, UpstreamRequest
 from gateway.providers.bedrock import translate
+from gateway.providers.chat import unsupported
 from gateway.providers.credentials import CredentialStore, redact_values
 from gateway.providers.failures import AttemptFailed, AttemptFailure, header
 from gateway.providers.refresh import Refreshing
@@ -193,13 +194,8 @@ class BedrockAdapter(ProviderAdapter):
     async def prepare(self, body: Mapping[str, Any], *, stream: bool) -> UpstreamRequest:
         model = self.upstream_model(body)
         if not model:
-            raise translate.invalid_request(
-                "no model: the endpoint names none and the request gives none"
-            )
-        try:
-            payload = encode_body(translate.build_converse_request(body))
-        except translate.RequestError as err:
-            raise translate.invalid_request(str(err)) from None
+            raise unsupported("no model: the endpoint names none and the request gives none")
+        payload = encode_body(translate.build_converse_request(body))
         creds = await self._credentials()
         url = self.url(model, stream=stream)
         request = AWSRequest(

@@ -20,7 +20,6 @@ events mid-stream, are classified for the client and for failover.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import uuid
@@ -34,11 +33,26 @@ from gateway.providers.bedrock.eventstream import (
 )
 from gateway.providers.chat import (
     ChunkStreamTranslator,
+    ImagePart,
+    Part,
+    TextPart,
     ToolCall,
     bad_response,
     completion,
+    content_parts,
     count,
+    function_tools,
     json_event,
+    json_schema_format,
+    max_output_tokens,
+    number,
+    single_choice,
+    stop_sequences,
+    system_and_turns,
+    text_of,
+    tool_calls_of,
+    tool_choice,
+    unsupported,
 )
 from gateway.providers.failures import (
     MAX_ERROR_MESSAGE,
@@ -63,7 +77,6 @@ FINISH_REASONS: Final[Mapping[str, str]] = {
 }
 
 IMAGE_FORMATS: Final = ("png", "jpeg", "gif", "webp")
-_DATA_URL = re.compile(r"^data:image/([a-zA-Z0-9.+-]+);base64,(.*)$", re.DOTALL)
 
 # OpenAI options without a Converse equivalent that change nothing about the
 # answer's shape: left out.
@@ -98,266 +111,130 @@ _CONTEXT_TOO_LONG = re.compile(
 CONTEXT_LENGTH_EXCEEDED: Final = "context_length_exceeded"
 
 
-class RequestError(ValueError):
-    """The client's body cannot be expressed as a Converse request (a 400)."""
-
-
-def invalid_request(message: str) -> AttemptFailed:
-    """A client error found before sending: 400, and no failover (the request is at fault)."""
-    return AttemptFailed(AttemptFailure(400, "invalid_request", message, False))
-
-
 # ---------------------------------------------------------------------------
-# Requests
+# Requests: the shared reader of the OpenAI request (providers/chat.py), written
+# as Converse blocks.
 
 
 def build_converse_request(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The Converse request body (everything but `modelId`, which is in the URL)."""
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise RequestError("Bedrock returns one choice: 'n' must be 1")
+    """The Converse request body (everything but `modelId`, which is in the URL).
+
+    Raises AttemptFailed (400 `unsupported_request`, no failover) for what
+    Converse cannot express.
+    """
+    single_choice(body)
     if body.get("logprobs"):
-        raise RequestError("Bedrock does not return log probabilities: 'logprobs' is unsupported")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty list")
-    system, turns = _messages(messages)
-    request: dict[str, Any] = {"messages": turns}
+        raise unsupported("Bedrock does not return log probabilities: 'logprobs' is unsupported")
+    system, turns = system_and_turns(body)
+    converse_turns = _turns(turns)
+    request: dict[str, Any] = {"messages": converse_turns}
     if system:
-        request["system"] = system
-    inference = _inference_config(body)
+        request["system"] = [{"text": text} for text in system]
+    inference: dict[str, Any] = {}
+    if (max_tokens := max_output_tokens(body)) is not None:
+        inference["maxTokens"] = max_tokens
+    if (temperature := number(body, "temperature")) is not None:
+        inference["temperature"] = temperature
+    if (top_p := number(body, "top_p")) is not None:
+        inference["topP"] = top_p
+    if stops := stop_sequences(body):
+        inference["stopSequences"] = stops
     if inference:
         request["inferenceConfig"] = inference
-    tool_config = _tool_config(body, turns)
+    tool_config = _tool_config(body, converse_turns)
     if tool_config is not None:
         request["toolConfig"] = tool_config
-    output_config = _output_config(body.get("response_format"))
+    output_config = _output_config(body)
     if output_config is not None:
         request["outputConfig"] = output_config
     return request
 
 
-def _text_of(content: Any, where: str) -> str:
-    """The text of a system/tool message's content (a string or text parts)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts: list[str] = []
-        for part in content:
-            if not isinstance(part, Mapping) or part.get("type") != "text":
-                raise RequestError(f"{where} content may only hold text parts")
-            texts.append(str(part.get("text", "")))
-        return "".join(texts)
-    raise RequestError(f"{where} content must be a string or a list of parts")
-
-
-def _image_block(part: Mapping[str, Any]) -> dict[str, Any]:
-    image_url = part.get("image_url")
-    url = image_url.get("url") if isinstance(image_url, Mapping) else image_url
-    if not isinstance(url, str):
-        raise RequestError("an image_url part needs a 'url'")
-    match = _DATA_URL.match(url)
-    if match is None:
+def _image_block(part: ImagePart) -> dict[str, Any]:
+    if part.data is None:
         # The gateway never fetches URLs on a client's behalf.
-        raise RequestError("Bedrock takes images only as base64 data URLs (data:image/...)")
-    fmt = match.group(1).lower()
+        raise unsupported("Bedrock takes images only as base64 data URLs (data:image/...)")
+    fmt = (part.media_type or "").removeprefix("image/")
     if fmt == "jpg":
         fmt = "jpeg"
     if fmt not in IMAGE_FORMATS:
-        raise RequestError(f"Bedrock takes images as {', '.join(IMAGE_FORMATS)}, not '{fmt}'")
-    data = match.group(2).strip()
-    try:
-        base64.b64decode(data, validate=True)
-    except ValueError:  # binascii.Error, or non-ASCII text
-        raise RequestError("an image data URL is not valid base64") from None
+        raise unsupported(f"Bedrock takes images as {', '.join(IMAGE_FORMATS)}, not '{fmt}'")
     # Blobs travel base64-encoded in Bedrock's JSON protocol.
-    return {"image": {"format": fmt, "source": {"bytes": data}}}
+    return {"image": {"format": fmt, "source": {"bytes": part.data}}}
 
 
-def _user_blocks(content: Any) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        raise RequestError("user content must be a string or a list of parts")
-    blocks: list[dict[str, Any]] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, Mapping) else None
-        if kind == "text":
-            text = str(part.get("text", ""))
-            if text:
-                blocks.append({"text": text})
-        elif kind == "image_url":
-            blocks.append(_image_block(part))
-        else:
-            raise RequestError(f"Bedrock does not take '{kind}' content parts")
-    return blocks
+def _block(part: Part) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"text": part.text}
+    return _image_block(part)
 
 
-def _arguments(raw: Any) -> Any:
-    if isinstance(raw, Mapping):
-        return dict(raw)
-    if raw is None or raw == "":
-        return {}
-    if not isinstance(raw, str):
-        raise RequestError("tool call arguments must be a JSON string")
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise RequestError("tool call arguments must be valid JSON") from None
+def _tool_use(call: ToolCall) -> dict[str, Any]:
+    return {"toolUse": {"toolUseId": call.id, "name": call.name, "input": call.arguments}}
 
 
-def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    content = message.get("content")
-    if isinstance(content, str):
-        if content.strip():
-            blocks.append({"text": content})
-    elif isinstance(content, list):
-        text = "".join(
-            str(p.get("text", ""))
-            for p in content
-            if isinstance(p, Mapping) and p.get("type") in ("text", "output_text")
-        )
-        if text.strip():
-            blocks.append({"text": text})
-    elif content is not None:
-        raise RequestError("assistant content must be a string or a list of parts")
-    for call in message.get("tool_calls") or ():
-        if not isinstance(call, Mapping):
-            raise RequestError("'tool_calls' must hold objects")
-        function = call.get("function")
-        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
-            raise RequestError("a tool call needs a function name")
-        call_id = call.get("id")
-        if not isinstance(call_id, str) or not call_id:
-            raise RequestError("a tool call needs an 'id'")
-        blocks.append(
-            {
-                "toolUse": {
-                    "toolUseId": call_id,
-                    "name": function["name"],
-                    "input": _arguments(function.get("arguments")),
-                }
-            }
-        )
-    return blocks
-
-
-def _tool_result_block(message: Mapping[str, Any]) -> dict[str, Any]:
-    call_id = message.get("tool_call_id")
-    if not isinstance(call_id, str) or not call_id:
-        raise RequestError("a tool message needs a 'tool_call_id'")
-    text = _text_of(message.get("content"), "tool message")
-    return {"toolResult": {"toolUseId": call_id, "content": [{"text": text or "(empty)"}]}}
-
-
-def _messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-    for message in messages:
-        if not isinstance(message, Mapping):
-            raise RequestError("every message must be an object")
-        role = message.get("role")
-        if role in ("system", "developer"):
-            text = _text_of(message.get("content"), f"{role} message")
-            if text:
-                system.append({"text": text})
-            continue
+def _turns(turns: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Converse turns: they alternate, so consecutive messages of a role fold
+    into one turn, and tool results lead their turn."""
+    out: list[dict[str, Any]] = []
+    for message in turns:
+        role = message["role"]
         if role == "user":
-            bedrock_role, blocks = "user", _user_blocks(message.get("content"))
+            bedrock_role = "user"
+            blocks = [_block(p) for p in content_parts(message.get("content"), role="user")]
         elif role == "assistant":
-            bedrock_role, blocks = "assistant", _assistant_blocks(message)
-        elif role == "tool":
-            bedrock_role, blocks = "user", [_tool_result_block(message)]
-        else:
-            raise RequestError(f"Bedrock does not take messages of role '{role}'")
+            bedrock_role = "assistant"
+            parts = content_parts(message.get("content"), role="assistant")
+            blocks = [_block(p) for p in parts if not _blank(p)]
+            blocks += [_tool_use(call) for call in tool_calls_of(message)]
+        else:  # tool
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise unsupported("a tool message needs a 'tool_call_id'")
+            text = text_of(message.get("content"), role="tool")
+            bedrock_role = "user"
+            blocks = [
+                {"toolResult": {"toolUseId": call_id, "content": [{"text": text or "(empty)"}]}}
+            ]
         if not blocks:
             continue
-        if turns and turns[-1]["role"] == bedrock_role:
-            # Converse turns alternate: fold this message into the previous turn.
-            previous = turns[-1]["content"]
-            if bedrock_role == "user" and "toolResult" in blocks[0]:
-                # Tool results lead their turn, before any text the user adds.
+        if out and out[-1]["role"] == bedrock_role:
+            previous = out[-1]["content"]
+            if "toolResult" in blocks[0]:
                 results = [b for b in previous if "toolResult" in b]
                 others = [b for b in previous if "toolResult" not in b]
-                turns[-1]["content"] = [*results, *blocks, *others]
+                out[-1]["content"] = [*results, *blocks, *others]
             else:
                 previous.extend(blocks)
         else:
-            turns.append({"role": bedrock_role, "content": blocks})
-    if not turns:
-        raise RequestError("the conversation has no user or assistant message with content")
-    return system, turns
+            out.append({"role": bedrock_role, "content": blocks})
+    if not out:
+        raise unsupported("the conversation has no user or assistant message with content")
+    return out
 
 
-def _number(body: Mapping[str, Any], key: str) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RequestError(f"'{key}' must be a number")
-    return value
-
-
-def _inference_config(body: Mapping[str, Any]) -> dict[str, Any]:
-    config: dict[str, Any] = {}
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None:
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise RequestError("'max_tokens' must be a positive integer")
-        config["maxTokens"] = max_tokens
-    if (temperature := _number(body, "temperature")) is not None:
-        config["temperature"] = temperature
-    if (top_p := _number(body, "top_p")) is not None:
-        config["topP"] = top_p
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        config["stopSequences"] = [stop]
-    elif isinstance(stop, list) and stop:
-        if not all(isinstance(s, str) for s in stop):
-            raise RequestError("'stop' must be a string or a list of strings")
-        config["stopSequences"] = list(stop)
-    elif stop is not None and stop != []:
-        raise RequestError("'stop' must be a string or a list of strings")
-    return config
+def _blank(part: Part) -> bool:
+    # Converse refuses blank text blocks; assistants often send "" with tool calls.
+    return isinstance(part, TextPart) and not part.text.strip()
 
 
 def _tool_config(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> dict[str, Any] | None:
-    tools = body.get("tools")
-    choice = body.get("tool_choice")
+    tools = function_tools(body)
     if not tools:
         return None
-    if not isinstance(tools, list):
-        raise RequestError("'tools' must be a list")
     specs: list[dict[str, Any]] = []
     for tool in tools:
-        function = tool.get("function") if isinstance(tool, Mapping) else None
-        if not isinstance(tool, Mapping) or tool.get("type") != "function":
-            raise RequestError("Bedrock takes only 'function' tools")
-        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
-            raise RequestError("a function tool needs a name")
-        parameters = function.get("parameters")
-        spec: dict[str, Any] = {
-            "name": function["name"],
-            "inputSchema": {
-                "json": dict(parameters)
-                if isinstance(parameters, Mapping)
-                else {"type": "object", "properties": {}}
-            },
-        }
-        if isinstance(function.get("description"), str) and function["description"]:
-            spec["description"] = function["description"]
+        spec: dict[str, Any] = {"name": tool.name, "inputSchema": {"json": tool.parameters}}
+        if tool.description:
+            spec["description"] = tool.description
         specs.append({"toolSpec": spec})
     config: dict[str, Any] = {"tools": specs}
-    if choice is None or choice == "auto":
+    choice = tool_choice(body)
+    if choice is None or choice[0] == "auto":
         config["toolChoice"] = {"auto": {}}
-    elif choice == "required":
+    elif choice[0] == "required":
         config["toolChoice"] = {"any": {}}
-    elif choice == "none":
+    elif choice[0] == "none":
         # Converse has no "none": without tool blocks in the conversation the
         # tools are left out; with them Converse needs the tool definitions.
         uses_tools = any(
@@ -366,32 +243,29 @@ def _tool_config(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> dict[s
             for block in turn["content"]
         )
         return {"tools": specs} if uses_tools else None
-    elif isinstance(choice, Mapping) and isinstance(choice.get("function"), Mapping):
-        name = choice["function"].get("name")
-        if not isinstance(name, str):
-            raise RequestError("'tool_choice.function.name' must be a string")
-        config["toolChoice"] = {"tool": {"name": name}}
     else:
-        raise RequestError("unsupported 'tool_choice'")
+        config["toolChoice"] = {"tool": {"name": choice[1]}}
     return config
 
 
-def _output_config(response_format: Any) -> dict[str, Any] | None:
-    if response_format is None:
+def _output_config(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    fmt = body.get("response_format")
+    if fmt is None:
         return None
-    kind = response_format.get("type") if isinstance(response_format, Mapping) else None
+    kind = fmt.get("type") if isinstance(fmt, Mapping) else None
     if kind == "text":
         return None
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        if not isinstance(spec, Mapping) or not isinstance(spec.get("schema"), Mapping):
-            raise RequestError("'response_format.json_schema.schema' must be an object")
-        schema: dict[str, Any] = {"schema": json.dumps(spec["schema"], separators=(",", ":"))}
-        for key in ("name", "description"):
-            if isinstance(spec.get(key), str):
-                schema[key] = spec[key]
-        return {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": schema}}}
-    raise RequestError(f"Bedrock does not support response_format type '{kind}'; use json_schema")
+    wants_json, schema = json_schema_format(body)
+    if not wants_json or schema is None:
+        raise unsupported(
+            f"Bedrock does not support response_format type '{kind}'; use json_schema"
+        )
+    spec = fmt["json_schema"]
+    structure: dict[str, Any] = {"schema": json.dumps(schema, separators=(",", ":"))}
+    for key in ("name", "description"):
+        if isinstance(spec.get(key), str):
+            structure[key] = spec[key]
+    return {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": structure}}}
 
 
 # ---------------------------------------------------------------------------
