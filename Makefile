@@ -17,7 +17,7 @@ KEYS      ?= keys.json
 AUDIT_DIR ?= audit
 PORT      ?= 8080
 
-.PHONY: setup opa tools prometheus run test compile lint clean
+.PHONY: setup opa tools prometheus redis run test compile lint clean
 
 # What `run` needs; `test` adds the test-only tools (their first build is slow).
 setup: $(STAMP) opa
@@ -40,6 +40,10 @@ tools:
 prometheus:
 	@./scripts/install-prometheus.sh >/dev/null
 
+# Debian's redis-server for the limiter's integration tests; no-op once installed.
+redis:
+	@./scripts/install-redis.sh >/dev/null
+
 compile: setup
 	@$(BIN)/kamiwaza policy compile $(POLICY) --endpoints $(ENDPOINTS) -o $(BUILD)
 
@@ -51,7 +55,7 @@ run: setup
 	@exec $(BIN)/kamiwaza serve --policy $(POLICY) --endpoints $(ENDPOINTS) --keys $(KEYS) \
 		--audit-dir $(AUDIT_DIR) --port $(PORT) --allow-unconfigured-endpoints
 
-test: setup tools prometheus
+test: setup tools prometheus redis
 	@./scripts/test.sh
 
 clean:
