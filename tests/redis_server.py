@@ -72,9 +72,7 @@ class RedisServer:
         ports = [self.port] if self.port else [free_port() for _ in range(3)]
         for port in ports:
             with open(self.log_path, "ab") as log:
-                proc = subprocess.Popen(
-                    self._command(port), stdout=log, stderr=subprocess.STDOUT
-                )
+                proc = subprocess.Popen(self._command(port), stdout=log, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and proc.poll() is None:
                 if _answers_ping(port):
