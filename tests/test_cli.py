@@ -45,7 +45,7 @@ def test_check_ok_summarises_the_policy(workdir: Path) -> None:
     code, out, err = run("policy", "check", "routing.yaml")
     assert (code, err) == (0, "")
     assert out == (
-        "ok: routing.yaml: 3 rule(s), default -> anthropic, 8 test(s), 0 warning(s); "
+        "ok: routing.yaml: 4 rule(s), default -> anthropic, 10 test(s), 0 warning(s); "
         f"revision {example_revision()}\n"
     )
 
@@ -169,6 +169,8 @@ def test_policy_test_passes_on_the_example(workdir: Path, opa_bin: str) -> None:
             "test_a_cost_cap_at_the_threshold_does_not",
             "test_a_request_with_no_metadata_takes_the_default",
             "test_a_legal_hold_forces_the_private_gpu_whatever_the_rules_say",
+            "test_a_tenant_near_its_budget_cap_goes_to_the_cheaper_bedrock_model",
+            "test_a_tenant_with_budget_left_takes_the_default",
         )
     )
     assert lines[-1] == f"{len(lines) - 1} passed, 0 failed"
@@ -187,7 +189,7 @@ def test_failing_policy_test_shows_expected_and_actual(workdir: Path, opa_bin: s
     lines = out.splitlines()
     fail = lines.index("FAIL data.kamiwaza.policy_test.test_a_low_cost_cap_goes_to_bedrock")
     assert lines[fail + 1] == (
-        "  test 'a low cost cap goes to Bedrock' (routing.yaml:36) expected: "
+        "  test 'a low cost cap goes to Bedrock' (routing.yaml:41) expected: "
         '{"route_to": "openai", "rule": "cost-capped"} actual: '
         '{"route_to": "bedrock", "rule": "cost-capped"}'
     )
@@ -214,6 +216,7 @@ def test_explain_names_rule_conditions_and_values(workdir: Path, opa_bin: str) -
         "      FAIL latency_budget_ms < 400   actual: 500",
         "  #2 cost-capped -> bedrock: MATCH  (routing.yaml:17)",
         "      ok   cost_cap_per_1k < 0.002   actual: 0.001",
+        "  (1 later rule(s) not reached: first match wins)",
     ]
 
 
@@ -237,6 +240,8 @@ def test_explain_shows_overrides_and_denies(workdir: Path, opa_bin: str) -> None
         "      FAIL latency_budget_ms < 400   actual: (absent)",
         "  #2 cost-capped -> bedrock: no match  (routing.yaml:17)",
         "      FAIL cost_cap_per_1k < 0.002   actual: (absent)",
+        "  #3 near-budget-cap -> bedrock: no match  (routing.yaml:21)",
+        "      FAIL budget_remaining_share < 0.1   actual: (absent)",
     ]
     code, out, err = explain(
         "--json",
