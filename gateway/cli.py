@@ -8,6 +8,7 @@ import sys
 import click
 
 from gateway.keys_cli import keys
+from gateway.limits.cli import budgets
 from observability.audit_cli import audit
 from translator.cli import policy
 
@@ -21,6 +22,7 @@ def main() -> None:
 main.add_command(policy)
 main.add_command(keys)
 main.add_command(audit)
+main.add_command(budgets)
 
 
 @main.command("serve")

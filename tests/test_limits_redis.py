@@ -4,6 +4,7 @@ design (one slot per tenant, a TTL on every key), and Redis Cluster."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import signal
@@ -247,3 +248,54 @@ async def test_redis_cluster_mode_on_a_one_node_cluster(tmp_path: Path) -> None:
     finally:
         await limiter.close()
         server.stop()
+
+
+def test_budgets_cli_reads_what_the_replicas_share(
+    redis_server: RedisServer, limits_file: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    async def traffic() -> None:
+        limiter = RedisLimits(parse_limits(LIMITS, "limits.yaml"), redis_client(redis_server.url))
+        try:
+            done = await limiter.reserve(Subject("acme"), Estimate(100, 50, 0.5))
+            await limiter.settle(done, 120, 0.25, estimated=False)
+            await limiter.reserve(Subject("globex"), Estimate(10, 10, 1.0))  # in flight
+        finally:
+            await limiter.close()
+
+    asyncio.run(traffic())
+    runner = CliRunner()
+    args = ["budgets", "--limits", str(limits_file), "--redis-url", redis_server.url]
+    result = runner.invoke(main, [*args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["shared"] is True
+    rows = {(r["tenant"], r["limit"]): (r["used"], r["remaining"]) for r in doc["limits"]}
+    assert rows == {
+        ("acme", "requests_per_minute"): (1, 999),
+        ("acme", "tokens_per_minute"): (120, 999880),
+        ("acme", "usd_per_day"): (0.25, 1.75),
+        ("globex", "requests_per_minute"): (1, 999),
+        ("globex", "tokens_per_minute"): (20, 999980),
+        ("globex", "usd_per_day"): (1.0, 1.0),
+    }
+    table = runner.invoke(main, args).stdout.splitlines()
+    assert table[0].split() == [
+        "tenant",
+        "scope",
+        "limit",
+        "value",
+        "used",
+        "remaining",
+        "resets",
+        "in",
+    ]
+    assert table[3].split()[:6] == ["acme", "tenant", "usd_per_day", "2", "0.25", "1.75"]
+    assert table[3].split()[6].startswith(tuple("0123456789"))  # resets in ...h...m...s
+    redis_server.stop()
+    down = runner.invoke(main, args)
+    assert down.exit_code == 1
+    assert down.stderr.startswith(f"error: Redis at {redis_server.url} is unreachable: ")

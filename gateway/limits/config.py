@@ -129,25 +129,33 @@ def load_limits(path: str) -> LimitsConfig:
 def parse_limits(text: str, path: str) -> LimitsConfig:
     doc = load(text, path)
     checker = _Checker(path)
-    checker.problems.extend(f"{d.pos}: {d.message}" for d in doc.diagnostics)
+    for diagnostic in doc.diagnostics:
+        checker.err(diagnostic.pos, "", diagnostic.message)
     config = None
     if doc.root is None:
         if not doc.diagnostics:
-            checker.problems.append(f"{path}:1:1: the file is empty: it needs 'version: v1'")
+            checker.err(Position(path, 1, 1), "", "the file is empty: it needs 'version: v1'")
     else:
         config = checker.root(doc.root)
     if checker.problems or config is None:
-        raise LimitsConfigError(path, checker.problems)
+        # In the order of the file, as an editor would walk them.
+        ordered = sorted(checker.positioned, key=lambda item: (item[0].line, item[0].col))
+        raise LimitsConfigError(path, [text for _, text in ordered])
     return config
 
 
 class _Checker:
     def __init__(self, path: str) -> None:
         self.path = path
-        self.problems: list[str] = []
+        self.positioned: list[tuple[Position, str]] = []
+
+    @property
+    def problems(self) -> list[tuple[Position, str]]:
+        return self.positioned
 
     def err(self, pos: Position, where: str, message: str) -> None:
-        self.problems.append(f"{pos}: {where}: {message}" if where else f"{pos}: {message}")
+        text = f"{pos}: {where}: {message}" if where else f"{pos}: {message}"
+        self.positioned.append((pos, text))
 
     def mapping(self, node: LNode, where: str) -> LMap | None:
         if isinstance(node, LMap):
