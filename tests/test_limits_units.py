@@ -129,17 +129,20 @@ extra: 1
         parse_limits(text, "limits.yaml")
     assert list(info.value.problems) == [
         "limits.yaml:1:10: version: expected one of v1",
-        "limits.yaml:3:24: defaults.requests_per_minute: must be between 0 and 1000000000000, got -1",
+        "limits.yaml:3:24: defaults.requests_per_minute: must be between 0 and 1000000000000, "
+        "got -1",
         "limits.yaml:4:16: defaults.usd_per_day: expected a number, got a string",
         "limits.yaml:5:3: defaults: unknown key 'usd_per_week' (known: requests_per_minute, "
         "tokens_per_minute, usd_per_day, usd_per_month, users, endpoints)",
-        "limits.yaml:7:26: reservation.default_output_tokens: must be between 1 and 10000000, got 0",
+        "limits.yaml:7:26: reservation.default_output_tokens: must be between 1 and 10000000, "
+        "got 0",
         "limits.yaml:8:10: reservation.ttl_s: must be a positive finite number, got 0",
         "limits.yaml:11:12: tenants.acme.users: expected a mapping, got a list",
         "limits.yaml:13:38: tenants.acme.endpoints.anthropic.tokens_per_minute: expected an "
         "integer, got a number",
         "limits.yaml:15:8: keys.abc: expected a mapping, got a number",
-        "limits.yaml:16:1: unknown key 'extra' (known: version, defaults, reservation, tenants, keys)",
+        "limits.yaml:16:1: unknown key 'extra' (known: version, defaults, reservation, "
+        "tenants, keys)",
     ]
     assert str(info.value).startswith("limits file limits.yaml: limits.yaml:1:10: version:")
 
