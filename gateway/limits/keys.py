@@ -20,6 +20,7 @@ where `<scope>` is `tenant`, `key:<id>`, `user:<name>` or `endpoint:<name>`.
 from __future__ import annotations
 
 import calendar
+import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,11 +41,13 @@ PERIOD_GRACE_MS: Final = 86_400_000
 NANO: Final = 1_000_000_000  # spend is counted in nano-dollars
 
 
+@functools.lru_cache(maxsize=4096)
 def encode(name: str) -> str:
     """A name made safe inside a key: no `{`, `}`, `:`, `|` or spaces survive."""
     return quote(name, safe="")
 
 
+@functools.lru_cache(maxsize=4096)
 def tenant_tag(tenant: str) -> str:
     return f"{PREFIX}:{{{encode(tenant)}}}"
 
@@ -70,6 +73,13 @@ def scope_id(kind: str, name: str | None = None) -> str:
 
 def scope_key(tenant: str, scope: str, suffix: str) -> str:
     return f"{tenant_tag(tenant)}:{scope}:{suffix}"
+
+
+def bucket_names(now_ms: int) -> list[str]:
+    """The hash fields of the buckets a window check reads, oldest first: the
+    current bucket and the BUCKETS - 1 before it."""
+    current = now_ms // BUCKET_MS
+    return [str(current - BUCKETS + i) for i in range(1, BUCKETS + 1)]
 
 
 def day_id(now_s: float) -> str:

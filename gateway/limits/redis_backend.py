@@ -33,6 +33,7 @@ from gateway.limits.keys import (
     PERIOD_GRACE_MS,
     WINDOW_TTL_MS,
     TenantKeys,
+    bucket_names,
 )
 from gateway.limits.model import CheckResult, Outcome, ReserveStep, SettleTarget
 
@@ -142,6 +143,7 @@ class RedisLimits(LimitsBackend):
             WINDOW_TTL_MS,
             len(checks),
             len(step.holds),
+            *bucket_names(step.now_ms),
         ]
         for check in checks:
             keys.append(check.key)
@@ -175,13 +177,12 @@ class RedisLimits(LimitsBackend):
         args: list[str | int] = [
             now_ms,
             res_id,
-            BUCKET_MS,
+            bucket_names(now_ms)[-1],
             BUCKETS,
             WINDOW_TTL_MS,
-            PERIOD_GRACE_MS,
             len(targets),
         ]
         for target, amount in targets:
             keys.append(target.key)
-            args += [target.kind, len(keys), amount, target.period_end_ms]
+            args += [target.kind, len(keys), amount, target.period_end_ms + PERIOD_GRACE_MS]
         return int(await self._run("settle", keys, args)) == 1
