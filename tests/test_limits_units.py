@@ -404,3 +404,51 @@ def test_budgets_without_redis_shows_the_limits_only(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["budgets", "--limits", str(bad)])
     assert result.exit_code == 1
     assert result.stderr == f"error: {bad}:1:10: version: expected one of v1\n"
+
+
+# -- the pipeline's calls ------------------------------------------------------------
+
+
+async def test_the_stage_prices_the_route_and_settles_or_releases() -> None:
+    from gateway.auth import Identity
+    from gateway.limits.stage import LimitsStage
+    from gateway.providers.base import Usage
+    from translator.registry import check_registry
+    from translator.source import load as load_yaml
+
+    registry, problems = check_registry(
+        load_yaml((Path(__file__).parent.parent / "policies" / "endpoints.yaml").read_text(), "e")
+    )
+    assert problems == []
+    limits = parse_limits(
+        "version: v1\ndefaults: {usd_per_day: 1.0}\ntenants:\n"
+        "  acme: {endpoints: {anthropic: {usd_per_day: 0.1}}}\n",
+        "limits.yaml",
+    )
+    stage = LimitsStage(InProcessLimits(limits), registry)
+    who = Identity("acme", "u-1", ("analyst",), "0123456789abcdef", None, None, "api_key")
+    assert await stage.budget(who) == {
+        "remaining_share": 1.0,
+        "remaining_usd": 1.0,
+        "limit": "tenant.usd_per_day",
+    }
+    request = body(max_tokens=1000)
+    # anthropic's output price (0.015 per 1k) is the route's dearest: 1000 tokens, $0.015+.
+    reservation = await stage.reserve(who, ["bedrock", "anthropic"], request)
+    assert reservation.subject.endpoint == "bedrock"
+    assert reservation.estimate.cost_usd == pytest.approx(
+        (reservation.estimate.input_tokens * 0.003 + 1000 * 0.015) / 1000
+    )
+    assert reservation.headers["x-ratelimit-limit-usd-day"] == "1"
+    await stage.finish(reservation, Usage(100, 200), 0.25)
+    assert (await stage.budget(who))["remaining_usd"] == pytest.approx(0.75)
+    released = await stage.reserve(who, ["anthropic"], request)
+    await stage.finish(released, None, 0.0)
+    assert (await stage.budget(who))["remaining_usd"] == pytest.approx(0.75)
+    # The endpoint's own budget (the first endpoint of the route) refuses.
+    first = await stage.reserve(who, ["anthropic"], body(max_tokens=4000))
+    with pytest.raises(RateLimitedError) as info:
+        await stage.reserve(who, ["anthropic"], body(max_tokens=4000))
+    assert info.value.limit == "endpoint.usd_per_day"
+    await stage.finish(first, Usage(10, 10, estimated=True), 0.01)
+    await stage.close()
