@@ -452,3 +452,18 @@ async def test_the_stage_prices_the_route_and_settles_or_releases() -> None:
     assert info.value.limit == "endpoint.usd_per_day"
     await stage.finish(first, Usage(10, 10, estimated=True), 0.01)
     await stage.close()
+
+
+async def test_a_tenant_without_limits_costs_no_round_trip() -> None:
+    class Refusing(InProcessLimits):
+        async def _reserve(self, step):  # type: ignore[no-untyped-def]
+            raise AssertionError("no store call expected")
+
+        async def _settle(self, *args):  # type: ignore[no-untyped-def]
+            raise AssertionError("no store call expected")
+
+    limiter = Refusing(parse_limits("version: v1\n", "limits.yaml"))
+    reservation = await limiter.reserve(Subject("acme"), Estimate(1, 1, 1.0))
+    assert reservation.headers == {}
+    await limiter.settle(reservation, 2, 1.0, estimated=False)
+    assert await limiter.remaining_share(Subject("acme")) is None

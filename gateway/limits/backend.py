@@ -125,6 +125,8 @@ class LimitsBackend(abc.ABC):
         config = self._config
         checks = build_checks(config, subject, estimate, now)
         res_id = Reservation.new_id()
+        if not checks:  # no limit applies: nothing to count, no round trip
+            return Reservation(res_id, subject, estimate)
         holds = inflight_adds(checks)
         expires_ms = int((now + config.reservation.ttl_s) * 1000)
         try:
@@ -242,8 +244,8 @@ class LimitsBackend(abc.ABC):
     async def _finish(
         self, reservation: Reservation, targets: Sequence[tuple[SettleTarget, int]]
     ) -> None:
-        if not reservation.enforced:
-            return
+        if not reservation.enforced or not (reservation.holds or targets):
+            return  # nothing held, nothing to count (e.g. only requests per minute)
         try:
             held = await self._settle(
                 reservation.subject.tenant, reservation.id, targets, int(self.clock() * 1000)
