@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.app import AUDIT, OBSERVERS  # noqa: E402
+from gateway.state import AUDIT, OBSERVERS  # noqa: E402
 from observability.audit import Attempt, AuditRecord, utc_now  # noqa: E402
 from observability.pipeline import AuditConfig, AuditPipeline  # noqa: E402
 from observability.sinks.local import LocalSink  # noqa: E402

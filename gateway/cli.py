@@ -7,21 +7,32 @@ import sys
 
 import click
 
+from gateway.dry_run_cli import route
 from gateway.keys_cli import keys
 from gateway.limits.cli import budgets
-from observability.audit_cli import audit
+from gateway.policy_cli import diff_cmd, shadow_report_cmd
+from observability.audit_cli import ConfigReader, audit
 from translator.cli import policy
 
 
 @click.group()
 @click.version_option(package_name="kamiwaza-gateway")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Kamiwaza AI model gateway."""
+    from gateway.audit_config import configured_sink
+
+    # `kamiwaza audit` reads the configured sink through this (observability
+    # never imports the gateway).
+    ctx.obj = ConfigReader(sink=configured_sink)
 
 
 main.add_command(policy)
+policy.add_command(diff_cmd)  # they read the audit trail: gateway/policy_cli.py
+policy.add_command(shadow_report_cmd)
 main.add_command(keys)
 main.add_command(audit)
+main.add_command(route)
 main.add_command(budgets)
 
 
@@ -51,15 +62,18 @@ def serve(config_file: str | None, **flags: object) -> None:
     """Run the gateway (and, unless --opa-url is given, its OPA sidecar)."""
     from aiohttp import web
 
-    from gateway.app import StartupError, configure_logging, create_app, reload_keys_on_sighup
+    from gateway.app import create_app
+    from gateway.errors import ConfigError
+    from gateway.logs import configure_logging
+    from gateway.reload import reload_keys_on_sighup
     from gateway.runtime import pin_mmap_threshold
-    from gateway.settings import SettingsError, load_settings
+    from gateway.settings import load_settings
 
     try:
         settings = load_settings(config_file, overrides=flags)
         configure_logging(settings.log_level)
         app = create_app(settings)
-    except (SettingsError, StartupError) as err:
+    except ConfigError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
     app.on_startup.append(reload_keys_on_sighup)
@@ -77,6 +91,9 @@ def serve(config_file: str | None, **flags: object) -> None:
             print=None,
             loop=_event_loop(),
         )
+    except ConfigError as err:  # raised inside a cleanup_ctx, e.g. OPA would not start
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
     except OSError as err:  # e.g. the port is taken; the sidecar is already stopped
         click.echo(
             f"error: cannot listen on {settings.host}:{settings.port}: {err.strerror or err}",

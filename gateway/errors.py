@@ -1,15 +1,61 @@
-"""The gateway's exception hierarchy.
+"""The gateway's two exception trees.
 
-Every error a client can see is a :class:`GatewayError` carrying its HTTP status
-and the OpenAI error shape (`{"error": {"message", "type", "code"}}`) so that
-OpenAI SDKs raise their usual exception classes. One middleware in
-:mod:`gateway.app` renders them; third-party errors are mapped to these at the
-edge (`raise ... from err`). Messages never contain secrets.
+**What clients see.** Every error a client can see is a :class:`GatewayError`
+carrying its HTTP status, a type, a code, a message and optional details and
+headers. The request middleware (:mod:`gateway.pipeline.middleware`) renders it
+in the shape of the front the client speaks: OpenAI's
+`{"error": {"message", "type", "code"}}` (so OpenAI SDKs raise their usual
+classes) or Anthropic's `{"type": "error", "error": {"type", "message"}}`.
+Third-party errors are mapped to these at the edge (`raise ... from err`);
+anything else is a 500 whose body names only the request id. Messages never
+contain secrets.
+
+    GatewayError (500)
+    ├── BadRequestError (400) ── PayloadTooLargeError (413)
+    ├── AuthenticationError (401)
+    ├── PermissionDeniedError (403)
+    ├── NotFoundError (404)
+    ├── PolicyUnavailableError (503)
+    ├── AuditUnavailableError (503)
+    └── UpstreamError (502; 504 on timeouts; the upstream's 4xx or 429)
+
+(`gateway.auth` adds `AuthUnavailableError`, a 503 under GatewayError.)
+
+**What operators see at start-up.** A configuration that cannot work raises a
+:class:`ConfigError` before the gateway serves anything; `kamiwaza serve` prints
+its message (never a traceback) and exits 2. Components keep their own
+subclasses (settings, keys, providers, audit, metrics) so that the message names
+the key or variable at fault; :class:`StartupError` wraps them in the
+composition root.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.providers.failures import AttemptFailure
+    from observability.audit import Attempt
+
+
+class ConfigError(Exception):
+    """Root of start-up failures: a configuration value that cannot work."""
+
+
+class StartupError(ConfigError):
+    """The gateway cannot start: bad policy, registry, keys, credentials or sidecar."""
+
+
+class ProviderConfigError(ConfigError):
+    """An endpoint cannot be used as configured (missing credential, unknown type).
+
+    The message names the endpoint and the variable or file, never a secret value.
+    """
+
+
+class ProviderNotImplementedError(ProviderConfigError):
+    """The registry names an endpoint type that has no adapter."""
 
 
 class GatewayError(Exception):
@@ -102,11 +148,34 @@ class AuditUnavailableError(GatewayError):
 
 
 class UpstreamError(GatewayError):
-    """Every endpoint tried failed (502, or 504 on timeouts, or the upstream's 4xx/429)."""
+    """No endpoint of the route answered, or one refused the request itself.
+
+    `status` is 504 when the last failure was a timeout, 429 (with Retry-After)
+    when rate limited, the upstream's status for a client error (4xx, no
+    failover), 503 when every endpoint was skipped, else 502. `attempts` are
+    every endpoint tried or skipped, with why; `failure` the last one.
+    """
 
     status = 502
     type = "upstream_error"
     code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        attempts: Sequence[Attempt] = (),
+        failure: AttemptFailure | None = None,
+        headers: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, status=status, headers=headers, details=details)
+        if 400 <= self.status < 500 and self.status != 429:
+            self.type = "invalid_request_error"
+        self.attempts: tuple[Attempt, ...] = tuple(attempts)
+        self.failure = failure
 
 
 class RateLimitedError(GatewayError):

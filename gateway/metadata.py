@@ -46,6 +46,8 @@ def _number(raw: Any, where: str, *, positive: bool) -> float:
         )
     try:
         value = float(raw)
+    except OverflowError:
+        raise BadRequestError(f"{where} is too large", code="bad_metadata") from None
     except (TypeError, ValueError):
         shown = repr(raw) if isinstance(raw, str) else json.dumps(raw)
         raise BadRequestError(
@@ -169,6 +171,7 @@ def opa_input(
     identity: Identity,
     meta: RequestMetadata,
     *,
+    operation: str,
     model: str | None,
     request_id: str,
     path: str,
@@ -183,6 +186,7 @@ def opa_input(
         "tenant": identity.tenant,
         "user": user,
         "data_class": meta.data_class,
+        "operation": operation,
         "request": {"id": request_id, "path": path, "stream": stream},
     }
     if meta.latency_budget_ms is not None:

@@ -9,6 +9,7 @@ without a decision nothing is forwarded.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,10 +23,23 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from gateway.errors import PolicyUnavailableError
 from observability.metrics import rule_label
 
+log = logging.getLogger(__name__)
+
 DECISION_PACKAGE = "kamiwaza/route"
 DECISION_RULE = "decision"
 GUARDS_PACKAGE = "kamiwaza/guards"
 GUARDS_RULE = "refusals"
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowDecision:
+    """The candidate policy's decision for the same request (`shadow_policy`)."""
+
+    revision: str | None
+    route_to: str | None
+    fallback: tuple[str, ...]
+    rule: dict[str, Any] | None
+    deny: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +53,45 @@ class Decision:
     deny: tuple[str, ...]
     revision: str | None
     elapsed_ms: float = 0.0
+    shadow: ShadowDecision | None = None
 
     @property
     def route(self) -> list[str]:
         """Endpoints to try, in order."""
         return [self.route_to, *self.fallback] if self.route_to else []
+
+    def shadow_disagreement(self) -> dict[str, Any] | None:
+        """What the audit record keeps of the shadow decision: only when its
+        endpoint or rule differs from the live one."""
+        shadow = self.shadow
+        if shadow is None or (
+            shadow.route_to == self.route_to and _rule_name(shadow.rule) == _rule_name(self.rule)
+        ):
+            return None
+        return {"revision": shadow.revision, "route_to": shadow.route_to, "rule": shadow.rule}
+
+
+def _rule_name(rule: dict[str, Any] | None) -> object:
+    return rule.get("name") if rule else None
+
+
+def parse_shadow(doc: Any) -> ShadowDecision:
+    """The decision's `shadow` field; TypeError when its shape is wrong."""
+    if not isinstance(doc, dict):
+        raise TypeError("shadow is not an object")
+    route_to, fallback, deny = doc.get("route_to"), doc.get("fallback"), doc.get("deny")
+    rule, revision = doc.get("rule"), doc.get("revision")
+    if route_to is not None and not isinstance(route_to, str):
+        raise TypeError("shadow.route_to")
+    if not isinstance(fallback, list) or not all(isinstance(f, str) for f in fallback):
+        raise TypeError("shadow.fallback")
+    if not isinstance(deny, list) or not all(isinstance(d, str) for d in deny):
+        raise TypeError("shadow.deny")
+    if rule is not None and not (isinstance(rule, dict) and isinstance(rule.get("name"), str)):
+        raise TypeError("shadow.rule")
+    if revision is not None and not isinstance(revision, str):
+        raise TypeError("shadow.revision")
+    return ShadowDecision(revision, route_to, tuple(fallback), rule, tuple(deny))
 
 
 def parse_decision(doc: dict[str, Any], decision_id: str | None, elapsed_ms: float) -> Decision:
@@ -70,12 +118,24 @@ def parse_decision(doc: dict[str, Any], decision_id: str | None, elapsed_ms: flo
             deny=tuple(deny),
             revision=doc.get("revision"),
             elapsed_ms=elapsed_ms,
+            shadow=_shadow_of(doc),
         )
     except (KeyError, TypeError) as err:
         raise PolicyUnavailableError(
             f"OPA returned a malformed decision ({err}); refusing to route",
             code="policy_malformed",
         ) from err
+
+
+def _shadow_of(doc: dict[str, Any]) -> ShadowDecision | None:
+    # The shadow never affects routing: a malformed one is dropped, not a 503.
+    if "shadow" not in doc:
+        return None
+    try:
+        return parse_shadow(doc["shadow"])
+    except TypeError as err:
+        log.warning("OPA returned a malformed shadow decision (%s); ignored", err)
+        return None
 
 
 class PolicyClient:
@@ -157,6 +217,16 @@ class PolicyClient:
                 code="policy_malformed",
             )
         return frozenset(result)
+
+    async def guard_refusals(self, input_doc: dict[str, Any]) -> dict[str, list[str]]:
+        """Each endpoint the guards refuse for this request, with their reasons."""
+        answer = await self._query(input_doc, GUARDS_PACKAGE, GUARDS_RULE)
+        result = answer.get("result", {}) if isinstance(answer, dict) else None
+        if not isinstance(result, dict):
+            raise PolicyUnavailableError(
+                "OPA answered the guards query without an object", code="policy_malformed"
+            )
+        return {name: sorted(map(str, reasons)) for name, reasons in sorted(result.items())}
 
     async def _decide(self, input_doc: dict[str, Any]) -> Decision:
         start = time.perf_counter()

@@ -19,12 +19,13 @@ import yaml
 
 from gateway.auth.identity import AuthConfigError
 from gateway.auth.jwt_verifier import JwtSettings
+from gateway.errors import ConfigError
+from translator.classes import DEFAULT_DATA_CLASSES, classes_data
 
 ENV_PREFIX = "KAMIWAZA_"
-DEFAULT_DATA_CLASSES = ("public", "internal", "confidential", "pii-restricted")
 
 
-class SettingsError(Exception):
+class SettingsError(ConfigError):
     """A configuration value is missing or invalid; the message names it."""
 
 
@@ -61,6 +62,12 @@ class Settings:
     audit_prompt_salt_env: str | None = None  # variable holding the prompt-hash salt
     audit_decision_logs: bool = True  # OPA decision log -> loopback ingestion
     rego_dir: str = "rego"
+    # Override directories loaded beside rego_dir (e.g. the shipped example,
+    # policies/examples/overrides): none by default, an operator opts in.
+    overrides_dirs: tuple[str, ...] = ()
+    # A candidate policy decided beside the live one on every request, in the
+    # same OPA query, never routing; disagreements go to audit and metrics.
+    shadow_policy: str | None = None
     # None: start and supervise an OPA sidecar on loopback.
     opa_url: str | None = None
     opa_bin: str | None = None
@@ -73,6 +80,9 @@ class Settings:
     opa_gogc: int = 400
     max_body_bytes: int = 4 * 1024 * 1024
     data_classes: tuple[str, ...] = DEFAULT_DATA_CLASSES
+    # Classes whose requests may only reach `in_vpc: true` endpoints (the in-VPC
+    # guard). None: the highest of data_classes.
+    in_vpc_data_classes: tuple[str, ...] | None = None
     default_data_class: str = "internal"
     # The lowest data class each tenant's requests may carry.
     tenant_floors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -103,6 +113,10 @@ class Settings:
 
     def data_class_rank(self, name: str) -> int:
         return self.data_classes.index(name)
+
+    def classes_data(self) -> dict[str, Any]:
+        """`data.kamiwaza.classes` for OPA (translator.classes)."""
+        return classes_data(self.data_classes, self.in_vpc_data_classes)
 
 
 def _int(value: Any, where: str, minimum: int = 0) -> int:
@@ -169,6 +183,12 @@ def _str_list(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(items, list | tuple) or not items:
         raise SettingsError(f"{where}: expected a non-empty list, got {value!r}")
     return tuple(_str(item, where).strip() for item in items)
+
+
+def _opt_str_list(value: Any, where: str) -> tuple[str, ...]:
+    if value in (None, "", []):
+        return ()
+    return _str_list(value, where)
 
 
 def _str_map(value: Any, where: str) -> Mapping[str, str]:
@@ -240,6 +260,8 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "audit_prompt_salt_env": _opt_str,
     "audit_decision_logs": _bool,
     "rego_dir": _str,
+    "overrides_dirs": _opt_str_list,
+    "shadow_policy": _opt_str,
     "opa_url": _opt_str,
     "opa_bin": _opt_str,
     "opa_timeout_ms": lambda v, w: _int(v, w, minimum=1),
@@ -247,6 +269,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "opa_gogc": lambda v, w: _int(v, w, minimum=0),
     "max_body_bytes": lambda v, w: _int(v, w, minimum=1024),
     "data_classes": _str_list,
+    "in_vpc_data_classes": lambda v, w: None if v in (None, "") else _str_list(v, w),
     "default_data_class": _str,
     "tenant_floors": _str_map,
     "breaker_failures": lambda v, w: _int(v, w, minimum=1),
@@ -325,6 +348,9 @@ def _cross_check(settings: Settings) -> None:
         raise SettingsError(
             f"default_data_class: {settings.default_data_class!r} is not one of data_classes"
         )
+    for name in settings.in_vpc_data_classes or ():
+        if name not in classes:
+            raise SettingsError(f"in_vpc_data_classes: {name!r} is not one of data_classes")
     for tenant, floor in settings.tenant_floors.items():
         if floor not in classes:
             raise SettingsError(f"tenant_floors.{tenant}: {floor!r} is not one of data_classes")

@@ -30,6 +30,7 @@ class AuditRecord:
     request_id: str
     timestamp: str  # RFC 3339, UTC, when the request arrived
     path: str
+    operation: str | None = None  # chat | embeddings | messages | responses
     status: int = 0  # HTTP status returned to the client
     stream: bool = False
     # Who.
@@ -66,6 +67,9 @@ class AuditRecord:
     error: dict[str, str] | None = None  # {"type", "code", "message"} when status >= 400
     # HMAC-SHA256 of the request's messages under the operator's salt (None: off).
     prompt_hash: str | None = None
+    # The shadow policy's {revision, route_to, rule} when it decided otherwise
+    # (`shadow_policy`); left out of the record when it agreed or none is loaded.
+    shadow: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # dataclasses.asdict deep-copies every value (~0.25 ms a record); the
@@ -80,6 +84,8 @@ class AuditRecord:
             }
             for a in self.attempts
         ]
+        if self.shadow is None:
+            del doc["shadow"]
         return doc
 
     def to_json(self) -> str:
@@ -88,10 +94,3 @@ class AuditRecord:
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def cost_usd(
-    input_tokens: int, output_tokens: int, input_per_1k: float, output_per_1k: float
-) -> float:
-    """Cost from the registry's per-1k-token prices, rounded to a nano-dollar."""
-    return round(input_tokens / 1000 * input_per_1k + output_tokens / 1000 * output_per_1k, 9)

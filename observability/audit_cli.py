@@ -23,6 +23,7 @@ import click
 
 from observability.audit_reader import SourceOptions, entry_time, iter_entries, open_source
 from observability.chain import KIND_DECISION, KIND_REQUEST, ChainVerifier
+from observability.pipeline import AuditConfigError, SinkConfig
 from observability.sinks import ObjectSource
 from observability.times import parse_duration, parse_moment, parse_timestamp
 
@@ -37,27 +38,24 @@ def parse_when(text: str | None, now: datetime | None = None) -> datetime | None
         raise click.BadParameter(str(err)) from None
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigReader:
+    """How to read the gateway's configuration, handed down as the click
+    context's object by the command that embeds this group (`kamiwaza`), so
+    that observability never imports the gateway. `sink(config_file)` returns
+    the configured sink or raises AuditConfigError naming what is wrong."""
+
+    sink: Callable[[str | None], SinkConfig]
+
+
 def _configured_source(config_file: str | None) -> tuple[str, SourceOptions]:
-    from pathlib import Path
-
-    from gateway.settings import SettingsError, load_settings
-
+    reader = click.get_current_context().find_object(ConfigReader)
+    if reader is None:
+        raise click.UsageError("no SOURCE given (and no gateway configuration to read it from)")
     try:
-        settings = load_settings(config_file)
-    except SettingsError as err:
+        return reader.sink(config_file).read_back()
+    except AuditConfigError as err:
         raise click.UsageError(f"no SOURCE given and the configuration is invalid: {err}") from err
-    prefix = settings.audit_prefix
-    if settings.audit_sink == "s3":
-        return f"s3://{settings.audit_s3_bucket}/{prefix}", SourceOptions(
-            endpoint_url=settings.audit_s3_endpoint_url, region=settings.audit_s3_region
-        )
-    if settings.audit_sink == "gcs":
-        return f"gs://{settings.audit_gcs_bucket}/{prefix}", SourceOptions(
-            endpoint_url=settings.audit_gcs_endpoint_url, project=settings.audit_gcs_project
-        )
-    if settings.audit_sink == "http":
-        raise click.UsageError("the HTTP collector cannot be read back: give a SOURCE")
-    return str(Path(settings.audit_dir) / prefix), SourceOptions()
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +83,31 @@ def request_records(
     return _bodies(source, KIND_REQUEST, since, until)
 
 
-def decision_events(source: ObjectSource | str) -> list[dict[str, Any]]:
-    """The OPA decision-log events of a source, each decision once."""
-    return _bodies(source, KIND_DECISION, None, None)
+def decision_events(
+    source: ObjectSource | str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """The OPA decision-log events of a source, each decision once; with `since`
+    or `until`, only the decisions OPA made in [since, until)."""
+    if since is None and until is None:
+        return _bodies(source, KIND_DECISION, None, None)
+    # Objects are keyed by the hour of their first entry: list from an hour earlier.
+    listed = since - timedelta(hours=1) if since is not None else None
+    return [
+        event
+        for event in _bodies(source, KIND_DECISION, listed, until)
+        if _within(parse_timestamp(event.get("timestamp")), since, until)
+    ]
+
+
+def _within(moment: datetime | None, since: datetime | None, until: datetime | None) -> bool:
+    return (
+        moment is not None
+        and (since is None or moment >= since)
+        and (until is None or moment < until)
+    )
 
 
 def _bodies(

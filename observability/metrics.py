@@ -10,21 +10,24 @@ to Prometheus' OTLP receiver; the event loop never waits on it.
 Instruments (the Prometheus name after its OTLP translation, then the labels);
 durations are in seconds:
 
-- kamiwaza_gateway_request_duration_seconds (histogram): endpoint, model, rule,
-  status, stream. From arrival to the last byte (or the error).
+- kamiwaza_gateway_request_duration_seconds (histogram): operation, endpoint,
+  model, rule, status, stream. From arrival to the last byte (or the error).
 - kamiwaza_gateway_time_to_first_token_seconds (histogram): endpoint, model.
   Streams that sent a first frame.
 - kamiwaza_gateway_upstream_duration_seconds (histogram): endpoint, outcome.
   Each upstream attempt actually sent ("ok" or its error code).
 - kamiwaza_gateway_policy_duration_seconds (histogram): rule. One OPA decision.
-- kamiwaza_gateway_requests_total: tenant, endpoint, model, rule, status, stream.
+- kamiwaza_gateway_requests_total: tenant, operation, endpoint, model, rule,
+  status, stream. `operation` is chat, embeddings, messages or responses.
 - kamiwaza_gateway_decisions_total: rule, route_to, decision ("route" | "deny").
-- kamiwaza_gateway_tokens_total: tenant, endpoint, model, direction
+- kamiwaza_gateway_tokens_total: tenant, operation, endpoint, model, direction
   ("input" | "output").
 - kamiwaza_gateway_cost_usd_total: tenant, endpoint, model. US dollars, from
   the registry's prices.
 - kamiwaza_gateway_upstream_attempts_total: endpoint, outcome (attempts skipped
   with the circuit open count too, as "circuit_open").
+- kamiwaza_gateway_shadow_disagreements_total: live_rule, shadow_rule. Requests
+  the `shadow_policy` decided otherwise (another endpoint or rule).
 - kamiwaza_gateway_failovers_total: endpoint (the one left), reason (its error).
 - kamiwaza_gateway_circuit_breaker_state (gauge): endpoint. 0 closed,
   1 half-open, 2 open.
@@ -43,12 +46,12 @@ codes from small fixed sets. Request ids, user ids, key ids and the model a
 client asked for (free text) are never attributes. A missing value is "none".
 
 **Audit pipeline gauges (the interface for the audit spool).** The spool
-registers a snapshot callback; the exporter thread calls it at each export::
+registers a snapshot callback; the exporter thread calls it at each export
+(`metrics` is the GatewayMetrics the composition root holds)::
 
-    from gateway.app import METRICS
     from observability.metrics import AuditPipelineSnapshot
 
-    unregister = app[METRICS].register_audit_pipeline(
+    unregister = metrics.register_audit_pipeline(
         "s3", lambda: AuditPipelineSnapshot(depth=spool.depth, lag_s=spool.lag_s,
                                             shipped=spool.shipped, ship_failures=spool.failures)
     )
@@ -371,7 +374,7 @@ class GatewayMetrics:
 
         self.requests = counter(
             "kamiwaza.gateway.requests",
-            ("tenant", "endpoint", "model", "rule", "status", "stream"),
+            ("tenant", "operation", "endpoint", "model", "rule", "status", "stream"),
             "{request}",
             "Model requests answered, by outcome",
         )
@@ -383,7 +386,7 @@ class GatewayMetrics:
         )
         self.tokens = counter(
             "kamiwaza.gateway.tokens",
-            ("tenant", "endpoint", "model", "direction"),
+            ("tenant", "operation", "endpoint", "model", "direction"),
             "{token}",
             "Tokens reported by the upstreams",
         )
@@ -398,6 +401,12 @@ class GatewayMetrics:
             ("endpoint", "outcome"),
             "{attempt}",
             "Upstream attempts, including ones skipped (circuit open)",
+        )
+        self.shadow_disagreements = counter(
+            "kamiwaza.gateway.shadow.disagreements",
+            ("live_rule", "shadow_rule"),
+            "{decision}",
+            "Requests the shadow policy decided otherwise (endpoint or rule)",
         )
         self.failovers = counter(
             "kamiwaza.gateway.failovers",
@@ -482,28 +491,31 @@ class GatewayMetrics:
         tenant = label(record.tenant)
         status = str(record.status)
         stream = "true" if record.stream else "false"
+        operation = label(record.operation)
         latency = record.latency_ms
-        self.requests.add((tenant, endpoint, model, rule, status, stream), 1)
+        self.requests.add((tenant, operation, endpoint, model, rule, status, stream), 1)
         total = latency.get("total")
         if total is not None:
             self.request_duration.record(
                 total / 1000,
-                {"endpoint": endpoint, "model": model, "rule": rule, "status": status,
-                 "stream": stream},
+                {"operation": operation, "endpoint": endpoint, "model": model, "rule": rule,
+                 "status": status, "stream": stream},
             )  # fmt: skip
         policy = latency.get("policy")
         if policy is not None:
             self.policy_duration.record(policy / 1000, {"rule": rule})
             decision = "deny" if record.deny else "route"
             self.decisions.add((rule, label(record.route_to), decision), 1)
+        if record.shadow is not None:
+            self.shadow_disagreements.add((rule, rule_label(record.shadow.get("rule"), None)), 1)
         ttft = latency.get("ttft")
         if ttft is not None:
             self.ttft.record(ttft / 1000, {"endpoint": endpoint, "model": model})
         tokens = record.tokens
         if tokens.get("input"):
-            self.tokens.add((tenant, endpoint, model, "input"), tokens["input"])
+            self.tokens.add((tenant, operation, endpoint, model, "input"), tokens["input"])
         if tokens.get("output"):
-            self.tokens.add((tenant, endpoint, model, "output"), tokens["output"])
+            self.tokens.add((tenant, operation, endpoint, model, "output"), tokens["output"])
         if record.cost_usd:
             self.cost.add((tenant, endpoint, model), record.cost_usd)
         previous = None

@@ -31,7 +31,6 @@ import hmac
 import json
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from observability.audit import AuditRecord
+from observability.audit_reader import SourceOptions
 from observability.chain import KIND_DECISION, KIND_GAP, KIND_REQUEST
 from observability.decision_log import DecisionLogIngest
 from observability.sinks import Batch, Sink, SinkError, make_batch
@@ -79,43 +79,76 @@ class AuditConfig:
         return min(self.spool_max_bytes // 10, 64 << 20)
 
 
-def build_sink(settings: Any, environ: Mapping[str, str]) -> Sink:
-    """The sink named by `settings.audit_sink`, configured from the audit_* settings."""
-    kind = settings.audit_sink
-    prefix = settings.audit_prefix
+@dataclass(frozen=True, slots=True)
+class SinkConfig:
+    """Where shipped records go; the composition root builds it from its settings."""
+
+    kind: str = "local"  # local | s3 | gcs | http
+    prefix: str = "records"
+    local_dir: str = "audit"  # local: records under <local_dir>/<prefix>
+    local_max_file_bytes: int = 32 << 20
+    s3_bucket: str | None = None
+    s3_region: str | None = None
+    s3_kms_key_id: str | None = None
+    s3_endpoint_url: str | None = None
+    gcs_bucket: str | None = None
+    gcs_project: str | None = None
+    gcs_endpoint_url: str | None = None
+    http_url: str | None = None
+    http_token_env: str = "KAMIWAZA_AUDIT_HTTP_TOKEN"
+    http_ca_file: str | None = None
+
+    def read_back(self) -> tuple[str, SourceOptions]:
+        """Where `kamiwaza audit` and `stats` read the shipped records back."""
+        if self.kind == "s3":
+            return f"s3://{self.s3_bucket}/{self.prefix}", SourceOptions(
+                endpoint_url=self.s3_endpoint_url, region=self.s3_region
+            )
+        if self.kind == "gcs":
+            return f"gs://{self.gcs_bucket}/{self.prefix}", SourceOptions(
+                endpoint_url=self.gcs_endpoint_url, project=self.gcs_project
+            )
+        if self.kind == "http":
+            raise AuditConfigError("the HTTP collector cannot be read back: give a SOURCE")
+        return str(Path(self.local_dir) / self.prefix), SourceOptions()
+
+
+def build_sink(config: SinkConfig, environ: Mapping[str, str]) -> Sink:
+    """The sink `config` describes."""
+    kind = config.kind
     if kind == "local":
         from observability.sinks.local import LocalSink
 
         return LocalSink(
-            settings.audit_dir, prefix, max_file_bytes=settings.audit_local_max_file_bytes
+            config.local_dir, config.prefix, max_file_bytes=config.local_max_file_bytes
         )
     if kind == "s3":
         from observability.sinks.s3 import S3Sink
 
         return S3Sink(
-            settings.audit_s3_bucket,
-            region=settings.audit_s3_region,
-            kms_key_id=settings.audit_s3_kms_key_id,
-            endpoint_url=settings.audit_s3_endpoint_url,
+            str(config.s3_bucket),
+            region=config.s3_region,
+            kms_key_id=config.s3_kms_key_id,
+            endpoint_url=config.s3_endpoint_url,
         )
     if kind == "gcs":
         from observability.sinks.gcs import GcsSink
 
         return GcsSink(
-            settings.audit_gcs_bucket,
-            project=settings.audit_gcs_project,
-            endpoint_url=settings.audit_gcs_endpoint_url,
+            str(config.gcs_bucket),
+            project=config.gcs_project,
+            endpoint_url=config.gcs_endpoint_url,
         )
     if kind == "http":
         from observability.sinks.http import HttpSink
 
-        variable = settings.audit_http_token_env
+        variable = config.http_token_env
         token = environ.get(variable, "")
         if not token:
             raise AuditConfigError(
                 f"audit_http_token_env: environment variable {variable} is not set"
             )
-        return HttpSink(settings.audit_http_url, token, ca_file=settings.audit_http_ca_file)
+        return HttpSink(str(config.http_url), token, ca_file=config.http_ca_file)
     raise AuditConfigError(f"audit_sink: unknown sink {kind!r}")
 
 
@@ -158,38 +191,15 @@ class AuditPipeline:
         self.last_error: str | None = None
 
     @classmethod
-    def from_settings(
-        cls, settings: Any, *, environ: Mapping[str, str] | None = None
+    def build(
+        cls, config: AuditConfig, sink: SinkConfig, *, environ: Mapping[str, str] | None = None
     ) -> AuditPipeline:
-        """Build from the gateway's settings (the `audit_*` keys and `audit_dir`)."""
-        env = os.environ if environ is None else environ
-        salt: bytes | None = None
-        if settings.audit_prompt_salt_env:
-            value = env.get(settings.audit_prompt_salt_env, "")
-            if not value:
-                raise AuditConfigError(
-                    f"audit_prompt_salt_env: environment variable "
-                    f"{settings.audit_prompt_salt_env} is not set"
-                )
-            salt = value.encode()
+        """The pipeline shipping to the sink `sink` describes."""
         try:
-            sink = build_sink(settings, env)
+            built = build_sink(sink, os.environ if environ is None else environ)
         except SinkError as err:
             raise AuditConfigError(f"audit sink: {err}") from err
-        config = AuditConfig(
-            spool_dir=Path(settings.audit_spool_dir or Path(settings.audit_dir) / "spool"),
-            host=settings.audit_host or socket.gethostname(),
-            prefix=settings.audit_prefix,
-            spool_max_bytes=settings.audit_spool_max_bytes,
-            spool_full=settings.audit_spool_full,
-            fsync_interval_s=settings.audit_fsync_interval_ms / 1000,
-            batch_interval_s=settings.audit_batch_interval_s,
-            batch_max_bytes=settings.audit_batch_max_bytes,
-            retry_max_s=settings.audit_retry_max_s,
-            decision_logs=settings.audit_decision_logs,
-            prompt_salt=salt,
-        )
-        return cls(config, sink)
+        return cls(config, built)
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -218,6 +218,7 @@ def compute(
     endpoints: dict[str, _Endpoint] = {}
     tenants: dict[str, _Tenant] = {}
     rules: dict[str, int] = {}
+    operations: dict[str, _Tenant] = {}
     total = 0
     for record in records:
         total += 1
@@ -239,6 +240,12 @@ def compute(
             tenant.input_tokens += int(_number(tokens.get("input")) or 0)
             tenant.output_tokens += int(_number(tokens.get("output")) or 0)
         tenant.cost_usd += _number(record.get("cost_usd")) or 0.0
+        operation = operations.setdefault(label(record.get("operation")), _Tenant())
+        operation.requests += 1
+        if isinstance(tokens, Mapping):
+            operation.input_tokens += int(_number(tokens.get("input")) or 0)
+            operation.output_tokens += int(_number(tokens.get("output")) or 0)
+        operation.cost_usd += _number(record.get("cost_usd")) or 0.0
 
         rule = record.get("rule")
         name = rule_label(rule if isinstance(rule, Mapping) else None, record.get("overridden_by"))
@@ -274,6 +281,16 @@ def compute(
         "rules": [
             {"rule": name, "requests": count, "share": count / total}
             for name, count in sorted(rules.items(), key=lambda kv: (-kv[1], kv[0]))
+        ],
+        "operations": [
+            {
+                "operation": name,
+                "requests": o.requests,
+                "input_tokens": o.input_tokens,
+                "output_tokens": o.output_tokens,
+                "cost_usd": round(o.cost_usd, 9),
+            }
+            for name, o in sorted(operations.items(), key=lambda kv: (-kv[1].requests, kv[0]))
         ],
     }
 
@@ -336,6 +353,20 @@ def render_table(summary: Mapping[str, Any]) -> str:
     out += _table(
         ["rule", "requests", "share"],
         [[r["rule"], str(r["requests"]), f"{r['share']:.1%}"] for r in summary["rules"]],
+    )
+    out += ["", "Requests by operation"]
+    out += _table(
+        ["operation", "requests", "input tokens", "output tokens", "cost (USD)"],
+        [
+            [
+                r["operation"],
+                str(r["requests"]),
+                str(r["input_tokens"]),
+                str(r["output_tokens"]),
+                f"{r['cost_usd']:.6f}",
+            ]
+            for r in summary["operations"]
+        ],
     )
     return "\n".join(out) + "\n"
 

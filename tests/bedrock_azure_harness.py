@@ -31,8 +31,8 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.app import FORWARDER
 from gateway.auth import KeyStore
+from gateway.state import FORWARDER
 from tests.fake_azure import FakeAzure
 from tests.fake_bedrock import FakeBedrock, FakeSts
 from tests.gateway_harness import Gateway, serve_gateway

@@ -11,25 +11,46 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.app import AUDIT, create_app
+from gateway.app import create_app
 from gateway.auth import KeyStore
 from gateway.settings import load_settings
+from gateway.state import AUDIT
 from observability.audit_reader import request_records
 from observability.tracing import GatewayTracing
 from tests.fake_upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
+# The opt-in example override (legal_hold), for the `overrides_dirs` setting.
+EXAMPLE_OVERRIDES = str(ROOT / "policies" / "examples" / "overrides")
 
 # The example policy's endpoints, all speaking the OpenAI-compatible protocol
 # here so that every rule can be exercised before the other adapters exist.
-ENDPOINT_NAMES = ("private-gpu", "private-gpu-b", "anthropic", "bedrock")
-IN_VPC = {"private-gpu": True, "private-gpu-b": True, "anthropic": False, "bedrock": False}
+ENDPOINT_NAMES = (
+    "private-gpu",
+    "private-gpu-b",
+    "anthropic",
+    "bedrock",
+    "private-embeddings",
+    "openai-embeddings",
+)
+IN_VPC = {
+    "private-gpu": True,
+    "private-gpu-b": True,
+    "anthropic": False,
+    "bedrock": False,
+    "private-embeddings": True,
+    "openai-embeddings": False,
+}
 PRICING = {
     "private-gpu": (0.0002, 0.0002),
     "private-gpu-b": (0.0002, 0.0002),
     "anthropic": (0.003, 0.015),
     "bedrock": (0.00025, 0.00125),
+    "private-embeddings": (0.00001, 0.0),
+    "openai-embeddings": (0.00002, 0.0),
 }
+EMBEDDINGS = frozenset({"private-embeddings", "openai-embeddings"})
+GENERATION = "chat, messages, responses"
 
 
 def registry_yaml(upstreams: dict[str, FakeUpstream], *, first_token_ms: int = 2000) -> str:
@@ -43,8 +64,9 @@ def registry_yaml(upstreams: dict[str, FakeUpstream], *, first_token_ms: int = 2
             f"    base_url: {up.url}",
             f"    model: model-of-{name}",
             f"    in_vpc: {'true' if IN_VPC[name] else 'false'}",
+            f"    operations: [{'embeddings' if name in EMBEDDINGS else GENERATION}]",
             f"    auth: {{bearer_token_env: {token_env(name)}}}",
-            f"    pricing: {{input_per_1k: {price_in}, output_per_1k: {price_out}}}",
+            f"    pricing: {{input_per_1k: {price_in:.6f}, output_per_1k: {price_out:.6f}}}",
             "    timeouts:",
             f"      {{connect_ms: 1000, first_token_ms: {first_token_ms}, total_ms: 10000}}",
         ]

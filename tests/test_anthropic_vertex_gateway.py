@@ -607,11 +607,15 @@ async def _assert_error(
             if code == "upstream_auth_failed"
             else "Internal error encountered."
         )
-    assert err.body == {  # type: ignore[attr-defined]
+    client_error = status < 500 and status != 429
+    expected: dict[str, Any] = {
         "message": message,
-        "type": "invalid_request_error" if status < 500 and status != 429 else "upstream_error",
+        "type": "invalid_request_error" if client_error else "upstream_error",
         "code": code,
     }
+    if not client_error:  # a failure of the route: which endpoints were tried, and why
+        expected["attempts"] = [{"endpoint": provider, "status": failure.status, "error": code}]
+    assert err.body == expected  # type: ignore[attr-defined]
     retry_after = err.response.headers.get("Retry-After")  # type: ignore[attr-defined]
     assert retry_after == {"rate_limit_error": "7", "RESOURCE_EXHAUSTED": "30"}.get(
         getattr(failure, "error_type", None) or getattr(failure, "google_status", "")

@@ -16,7 +16,7 @@ from anthropic.types.message_create_params import (
     MessageCreateParamsStreaming,
 )
 
-from gateway.providers import ProviderConfigError, UpstreamFailure, UpstreamFailureError
+from gateway.providers import AttemptFailed, AttemptFailure, ProviderConfigError
 from gateway.providers import adapter_for as build_adapter
 from gateway.providers.anthropic import translate as claude
 from gateway.providers.anthropic.adapter import AnthropicAdapter
@@ -50,8 +50,8 @@ def frames_of(raw: list[bytes]) -> list[Any]:
     return out
 
 
-def refused(call: Any) -> UpstreamFailure:
-    with pytest.raises(UpstreamFailureError) as info:
+def refused(call: Any) -> AttemptFailure:
+    with pytest.raises(AttemptFailed) as info:
         call()
     return info.value.failure
 
@@ -308,7 +308,7 @@ def test_requests_anthropic_cannot_take_are_refused_without_failover(
             body, model="m", max_tokens_default=5, stream=False, sampling=False
         )
     )
-    assert failure == UpstreamFailure(400, "unsupported_request", message, False)
+    assert failure == AttemptFailure(400, "unsupported_request", message, False)
 
 
 # ---------------------------------------------------------------------------
@@ -530,9 +530,9 @@ def test_claude_stream_error_after_content_keeps_the_frames_before_it() -> None:
         "error",
         {"type": "error", "error": {"type": "overloaded_error", "message": f"Overloaded {KEY}"}},
     )
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         t.feed(sse([*CLAUDE_STREAM[:4], error]))
-    assert info.value.failure == UpstreamFailure(
+    assert info.value.failure == AttemptFailure(
         503, "upstream_overloaded", "Overloaded ***", True, None, 529
     )
     assert [f["choices"][0]["delta"] for f in frames_of(info.value.frames)] == [
@@ -544,7 +544,7 @@ def test_claude_stream_error_after_content_keeps_the_frames_before_it() -> None:
 def test_claude_stream_cut_short_is_truncated_and_a_missing_message_stop_is_forgiven() -> None:
     t = claude.AnthropicStreamTranslator({"messages": []}, model="m", redact=redact)
     t.feed(sse(CLAUDE_STREAM[:4]))
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         t.finish()
     assert info.value.failure.code == "upstream_stream_truncated"
     t = claude.AnthropicStreamTranslator({"messages": []}, model="m", redact=redact)
@@ -879,7 +879,7 @@ def test_gemini_stream_fed_in_pieces() -> None:
 def test_gemini_stream_without_a_finish_reason_is_truncated() -> None:
     t = gemini.GeminiStreamTranslator({"messages": []}, model="g", redact=redact)
     t.feed(b'data: {"candidates": [{"content": {"parts": [{"text": "Hi"}]}}]}\n\n')
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         t.finish()
     assert info.value.failure.code == "upstream_stream_truncated"
 
@@ -1028,7 +1028,7 @@ async def test_model_names_that_could_escape_a_url_path_are_refused(sa_file: Pat
         )
     )
     for model in ("../../other", "a/b", "x?alt=json"):
-        with pytest.raises(UpstreamFailureError) as info:
+        with pytest.raises(AttemptFailed) as info:
             await adapter.prepare(
                 {"model": model, "messages": [{"role": "user", "content": "hi"}]}, stream=False
             )
@@ -1193,9 +1193,9 @@ async def test_a_refused_token_request_is_a_retryable_auth_failure(tmp_path: Pat
     async with FakeVertex(project="p", location="l") as fake:
         account = make_service_account(tmp_path, fake.token_uri)  # not trusted
         tokens = AccessTokens(load_service_account(account.path.read_text(), "ep"))
-        with pytest.raises(UpstreamFailureError) as info:
+        with pytest.raises(AttemptFailed) as info:
             await tokens.token()
-        assert info.value.failure == UpstreamFailure(
+        assert info.value.failure == AttemptFailure(
             502,
             "upstream_auth_failed",
             "the gateway could not obtain an access token for the upstream",

@@ -21,8 +21,8 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 
-from gateway.app import AUDIT
 from gateway.cli import main
+from gateway.state import AUDIT
 from observability.audit_reader import SourceOptions, decision_events, open_source, request_records
 from observability.sinks.s3 import s3_client
 from tests.audit_servers import TcpProxy

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from gateway.providers import (
+    AttemptFailed,
+    AttemptFailure,
     ProviderConfigError,
     Secret,
-    UpstreamFailure,
-    UpstreamFailureError,
     adapter_for,
 )
 from gateway.providers.azure_openai.adapter import AzureOpenAIAdapter, EntraTokenSource
@@ -129,11 +129,11 @@ async def test_entra_refuses_a_wrong_secret_without_echoing_it(fake_azure: FakeA
     fake_azure.client_secret = "the-real-secret"
     adapter = adapter_for(entra_endpoint(fake_azure), environ={"ENTRA_SECRET": SECRET})
     try:
-        with pytest.raises(UpstreamFailureError) as info:
+        with pytest.raises(AttemptFailed) as info:
             await adapter.prepare(BODY, stream=False)
     finally:
         await adapter.close()
-    assert info.value.failure == UpstreamFailure(
+    assert info.value.failure == AttemptFailure(
         502,
         "upstream_auth_failed",
         "Entra ID refused the gateway's client credentials (invalid_client)",
@@ -166,7 +166,7 @@ def test_azure_error_bodies() -> None:
         b'{"error": {"code": "429", "message": "Rate limit is exceeded."}}',
         redact=str,
     )
-    assert failure == UpstreamFailure(
+    assert failure == AttemptFailure(
         429, "rate_limit_exceeded", "Rate limit is exceeded.", True, 6.5, 429
     )
     failure = classify_azure_error(
@@ -175,7 +175,7 @@ def test_azure_error_bodies() -> None:
         b'{"error": {"code": "503", "message": "The service is busy."}}',
         redact=str,
     )
-    assert failure == UpstreamFailure(
+    assert failure == AttemptFailure(
         502, "upstream_unavailable", "The service is busy.", True, 2.0, 503
     )
     failure = classify_azure_error(

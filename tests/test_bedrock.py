@@ -13,7 +13,7 @@ import pytest
 from botocore.eventstream import EventStreamBuffer
 from botocore.validate import ParamValidator
 
-from gateway.providers import UpstreamFailureError
+from gateway.providers import AttemptFailed
 from gateway.providers.bedrock import translate
 from gateway.providers.bedrock.eventstream import EventStreamDecoder, EventStreamError
 from tests.bedrock_azure_harness import BEDROCK_MODEL
@@ -284,7 +284,7 @@ def test_json_schema_response_format_becomes_output_config() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"n": 2}, "'n' must be 1"),
+        ({"n": 2}, r"one choice per request \(n = 1\)"),
         ({"logprobs": True}, "log probabilities"),
         ({"messages": []}, "non-empty list"),
         ({"messages": [{"role": "function", "content": "x"}]}, "role 'function'"),
@@ -316,7 +316,7 @@ def test_json_schema_response_format_becomes_output_config() -> None:
                         }
                     ]
                 },
-                "not valid base64",
+                "valid base64",
             )
             for data in ("not base64!", "aGVsbG8=é")  # the second is not even ASCII
         ),
@@ -325,8 +325,15 @@ def test_json_schema_response_format_becomes_output_config() -> None:
     ],
 )
 def test_requests_bedrock_cannot_take_are_refused(change: dict[str, Any], message: str) -> None:
-    with pytest.raises(translate.RequestError, match=message):
+    with pytest.raises(AttemptFailed, match=message) as info:
         translate.build_converse_request({**FULL_REQUEST, **change})
+    # The shared reader's refusal: a 400 that never fails over.
+    failure = info.value.failure
+    assert (failure.status_for_client, failure.code, failure.retryable) == (
+        400,
+        "unsupported_request",
+        False,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -487,7 +494,7 @@ def test_stream_exception_mid_stream_keeps_earlier_frames() -> None:
         + event("contentBlockDelta", {"delta": {"text": "Hel"}, "contentBlockIndex": 0})
         + exception("modelStreamErrorException", "The model stream failed")
     )
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         t.feed(data)
     failure = info.value.failure
     assert (failure.status_for_client, failure.code, failure.message, failure.retryable) == (
@@ -512,7 +519,7 @@ def test_stream_exception_mid_stream_keeps_earlier_frames() -> None:
     ],
 )
 def test_stream_exception_types(kind: str, expected: tuple[int, str, bool]) -> None:
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         translator().feed(exception(kind, "failed"))
     failure = info.value.failure
     assert (failure.status_for_client, failure.code, failure.retryable) == expected
@@ -521,13 +528,13 @@ def test_stream_exception_types(kind: str, expected: tuple[int, str, bool]) -> N
 def test_stream_cut_before_message_stop_is_truncated() -> None:
     t = translator()
     t.feed(event("messageStart", {"role": "assistant"}))
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         t.finish()
     assert info.value.failure.code == "upstream_stream_truncated"
     t = translator()
     whole = event("messageStop", {"stopReason": "end_turn"})
     t.feed(whole + whole[:10])  # a partial frame left at EOF
-    with pytest.raises(UpstreamFailureError):
+    with pytest.raises(AttemptFailed):
         t.finish()
 
 
@@ -561,7 +568,7 @@ def test_stream_without_metadata_estimates_usage() -> None:
 def test_stream_exception_before_any_content_sends_nothing_so_it_can_fail_over() -> None:
     t = translator()
     assert t.feed(event("messageStart", {"role": "assistant"})) == []
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         t.feed(exception("throttlingException", "slow down"))
     assert info.value.frames == []
     assert info.value.failure.retryable

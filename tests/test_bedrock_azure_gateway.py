@@ -16,7 +16,7 @@ import openai
 import pytest
 import pytest_asyncio
 
-from gateway.providers import UpstreamFailure, UpstreamFailureError, adapter_for
+from gateway.providers import AttemptFailed, AttemptFailure, adapter_for
 from tests.bedrock_azure_harness import (
     AWS_ACCESS_KEY,
     AWS_SECRET,
@@ -385,11 +385,11 @@ async def test_assume_role_refused_is_a_retryable_auth_failure(providers: Provid
     )
     adapter = adapter_for(endpoint, environ={})
     try:
-        with pytest.raises(UpstreamFailureError) as info:
+        with pytest.raises(AttemptFailed) as info:
             await adapter.prepare({"messages": [{"role": "user", "content": "hi"}]}, stream=False)
     finally:
         await adapter.close()
-    assert info.value.failure == UpstreamFailure(
+    assert info.value.failure == AttemptFailure(
         502,
         "upstream_auth_failed",
         "assuming role arn:aws:iam::123456789012:role/not-allowed failed (AccessDenied)",

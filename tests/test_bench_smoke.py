@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import gateway_bench, policy_bench
+from bench import diff_bench, gateway_bench, policy_bench
 
 
 @pytest.mark.integration
@@ -35,3 +35,11 @@ def test_gateway_bench_runs_briefly(tmp_path: Path, opa_bin: str) -> None:
         assert run["errors"] == 0, name
         # CPU per request is measured for the two proxies and their OPAs.
         assert ("cpu_proxy_ms" in run) == (not name.endswith("-direct")), name
+
+
+@pytest.mark.integration
+def test_diff_bench_runs_on_a_small_trail(capsys: pytest.CaptureFixture[str], opa_bin: str) -> None:
+    assert diff_bench.main(["--decisions", "60", "--single", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("policy diff: 60 decisions, ")
+    assert "replay alone (one opa eval, base and candidate)" in out

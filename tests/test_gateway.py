@@ -13,7 +13,7 @@ import aiohttp
 import openai
 import pytest
 
-from tests.gateway_harness import Gateway, start_gateway, token_of
+from tests.gateway_harness import EXAMPLE_OVERRIDES, Gateway, start_gateway, token_of
 from tests.processes import free_port
 
 pytestmark = pytest.mark.integration
@@ -164,7 +164,25 @@ async def test_route_endpoint_is_the_same_handler(gw: Gateway) -> None:
     assert record["path"] == "/v1/route"
 
 
-async def test_overrides_force_a_route_and_deny(gw: Gateway) -> None:
+async def test_the_example_override_is_not_loaded_by_default(gw: Gateway) -> None:
+    raw, _ = await routed(gw, "globex", headers={"X-Labels": "legal_hold=true"})
+    assert raw.headers["X-Kamiwaza-Endpoint"] == "anthropic"
+    assert raw.headers["X-Kamiwaza-Rule"] == "default"
+
+
+@pytest.fixture
+async def gw_with_overrides(
+    tmp_path: Path, fake_upstream: Any, opa_bin: str
+) -> AsyncIterator[Gateway]:
+    gateway = await start_gateway(
+        tmp_path, fake_upstream, settings_overrides={"overrides_dirs": [EXAMPLE_OVERRIDES]}
+    )
+    yield gateway
+    await gateway.close()
+
+
+async def test_overrides_force_a_route_and_deny(gw_with_overrides: Gateway) -> None:
+    gw = gw_with_overrides
     raw, _ = await routed(gw, "globex", headers={"X-Labels": "legal_hold=true"})
     assert raw.headers["X-Kamiwaza-Endpoint"] == "private-gpu"
     assert raw.headers["X-Kamiwaza-Rule"] == "override:legal_hold"
@@ -211,7 +229,7 @@ async def test_pii_guard_holds_whatever_the_yaml_says(
         with pytest.raises(openai.PermissionDeniedError) as info:
             await routed(gw, "acme", headers={"X-Data-Class": "pii-restricted"})
         assert info.value.body["deny"] == [
-            "guard pii-in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "
+            "guard in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "
             '"anthropic" is outside the VPC'
         ]
         # Fallbacks are bound too: PII never fails over to SaaS.
@@ -223,6 +241,8 @@ async def test_pii_guard_holds_whatever_the_yaml_says(
             "private-gpu-b": 1,
             "anthropic": 0,
             "bedrock": 0,
+            "private-embeddings": 0,
+            "openai-embeddings": 0,
         }
         records = await gw.audit_records()
         assert records[1]["fallback"] == ["private-gpu-b"]
@@ -397,8 +417,8 @@ async def test_every_request_leaves_exactly_one_audit_record(gw: Gateway) -> Non
     assert len(records) == 3
     assert len({r["request_id"] for r in records}) == 3
     pii, cheap, bad = records
-    assert pii["rule"] == {"index": 0, "name": "pii-on-prem", "source": pii["rule"]["source"]}
-    assert pii["rule"]["source"].endswith("routing.yaml:6")
+    assert pii["rule"] == {"index": 2, "name": "pii-on-prem", "source": pii["rule"]["source"]}
+    assert pii["rule"]["source"].endswith("routing.yaml:17")
     assert pii["conditions"] == [
         {
             "field": "data_class",
@@ -427,12 +447,27 @@ async def test_every_request_leaves_exactly_one_audit_record(gw: Gateway) -> Non
 
 async def test_models_health_and_readiness(gw: Gateway) -> None:
     models = await client(gw).models.list()
-    assert sorted(m.id for m in models.data) == [
-        "model-of-anthropic",
-        "model-of-bedrock",
-        "model-of-private-gpu",
-        "model-of-private-gpu-b",
+    generation = ["chat", "messages", "responses"]
+    assert sorted((m.id, m.owned_by, m.model_extra["operations"]) for m in models.data) == [
+        ("model-of-anthropic", "openai-compatible", generation),
+        ("model-of-bedrock", "openai-compatible", generation),
+        ("model-of-openai-embeddings", "openai-compatible", ["embeddings"]),
+        ("model-of-private-embeddings", "openai-compatible", ["embeddings"]),
+        ("model-of-private-gpu", "openai-compatible", generation),
+        ("model-of-private-gpu-b", "openai-compatible", generation),
     ]
+    # Per operation, as an SDK asks: embedding models only.
+    embedding = await client(gw).models.list(extra_query={"operation": "embeddings"})
+    assert sorted(m.id for m in embedding.data) == [
+        "model-of-openai-embeddings",
+        "model-of-private-embeddings",
+    ]
+    # One model, and one the caller cannot use, as the SDK retrieves them.
+    model = await client(gw).models.retrieve("model-of-private-gpu")
+    assert (model.id, model.object) == ("model-of-private-gpu", "model")
+    with pytest.raises(openai.NotFoundError) as missing:
+        await client(gw).models.retrieve("gpt-unknown")
+    assert missing.value.body["code"] == "model_not_found"
     # What the caller may use: a PII tenant (floor) or a PII request sees only
     # the in-VPC endpoints the guards allow.
     for sdk, headers in (
@@ -441,9 +476,12 @@ async def test_models_health_and_readiness(gw: Gateway) -> None:
     ):
         models = await sdk.models.list(extra_headers=headers)
         assert sorted(m.id for m in models.data) == [
+            "model-of-private-embeddings",
             "model-of-private-gpu",
             "model-of-private-gpu-b",
         ]
+        with pytest.raises(openai.NotFoundError):
+            await sdk.models.retrieve("model-of-anthropic", extra_headers=headers)
     # No unauthenticated listing.
     async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="nope", max_retries=0) as anon:
         with pytest.raises(openai.AuthenticationError):

@@ -7,7 +7,10 @@ A case holds `policy.yaml` (and `endpoints.yaml`, else the shared
 - `expected_test.rego`: the exact emitted tests of the policy's `tests:` section;
 - `expected_diagnostics.txt`: every error and warning, rendered (absent: none);
 - `decisions.yaml`: inputs and the whole decision OPA must return for each,
-  evaluated by a real OPA server with the emitted Rego and rego/ loaded.
+  evaluated by a real OPA server with the emitted Rego and rego/ loaded;
+- `overrides_dirs.txt`: override directories (relative to the project root, one
+  a line) loaded beside rego/ for this case, as the `overrides_dirs` setting
+  does (e.g. the opt-in example, policies/examples/overrides).
 
 The expected files were written by an earlier process, so `test_compile` also
 shows that output does not depend on hash seeds or set order.
@@ -27,14 +30,23 @@ import pytest
 import yaml
 
 from tests.opa_server import OpaServer
+from translator.classes import classes_data
 from translator.emit import POLICY_FILE, TEST_FILE, emit
 from translator.opa import run_tests
 from translator.pipeline import CheckResult, check, compile_policy, write_output
 
 GOLDEN = Path(__file__).parent / "golden"
-REGO_DIR = Path(__file__).resolve().parent.parent / "rego"
+ROOT = Path(__file__).resolve().parent.parent
+REGO_DIR = ROOT / "rego"
 CASES = sorted(p for p in GOLDEN.iterdir() if p.is_dir())
 UPDATE = os.environ.get("KAMIWAZA_UPDATE_GOLDEN") == "1"
+
+
+def _overrides(case: Path) -> list[Path]:
+    listed = case / "overrides_dirs.txt"
+    if not listed.exists():
+        return []
+    return [ROOT / line.strip() for line in listed.read_text().splitlines() if line.strip()]
 
 
 def _registry(case: Path, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -94,15 +106,16 @@ def test_emitted_rego_passes_opa_fmt_check_and_its_tests(
         [opa_bin, "fmt", "--fail", "--list", str(out)], capture_output=True, text=True, check=False
     )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+    rego = [str(REGO_DIR), *map(str, _overrides(case))]
     strict = subprocess.run(
-        [opa_bin, "check", "--strict", str(out), str(REGO_DIR)],
+        [opa_bin, "check", "--strict", str(out), *rego],
         capture_output=True,
         text=True,
         check=False,
     )
     assert strict.returncode == 0, strict.stdout + strict.stderr
     if result.ir.tests:
-        outcomes = run_tests([str(out), str(REGO_DIR)])
+        outcomes = run_tests([str(out), *rego])
         ours = [o for o in outcomes if o.package == "data.kamiwaza.policy_test"]
         assert len(ours) == len(result.ir.tests)
         assert [o for o in ours if not o.passed] == []
@@ -120,6 +133,15 @@ def test_decisions_in_real_opa(
     assert result.ir is not None
     shared_opa.put_policy("golden-compiled", files[POLICY_FILE])
     shared_opa.put_data("kamiwaza/endpoints", result.registry.opa_data())
+    shared_opa.put_data("kamiwaza/classes", classes_data())
+    modules = [
+        path
+        for directory in _overrides(case)
+        for path in sorted(directory.rglob("*.rego"))
+        if not path.name.endswith("_test.rego")
+    ]
+    for n, path in enumerate(modules):
+        shared_opa.put_policy(f"golden-override-{n}", path.read_text(encoding="utf-8"))
     try:
         examples: list[dict[str, Any]] = yaml.safe_load(
             (case / "decisions.yaml").read_text(encoding="utf-8")
@@ -131,3 +153,5 @@ def test_decisions_in_real_opa(
             assert got == want, f"input {example['input']}"
     finally:
         shared_opa.delete_policy("golden-compiled")
+        for n in range(len(modules)):
+            shared_opa.delete_policy(f"golden-override-{n}")

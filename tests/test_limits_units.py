@@ -42,7 +42,7 @@ from gateway.limits.memory import InProcessLimits
 from gateway.limits.model import BudgetStatus, Subject, applicable, duration
 from gateway.limits.opa import budget_input
 from gateway.limits.redis_backend import RedisConfigError, RedisLimits, redis_client
-from gateway.providers.base import estimate_prompt_tokens
+from gateway.providers.usage import estimate_prompt_tokens
 from gateway.settings import SettingsError, load_settings
 from translator.registry import Pricing
 
@@ -412,7 +412,7 @@ def test_budgets_without_redis_shows_the_limits_only(tmp_path: Path) -> None:
 async def test_the_stage_prices_the_route_and_settles_or_releases() -> None:
     from gateway.auth import Identity
     from gateway.limits.stage import LimitsStage
-    from gateway.providers.base import Usage
+    from gateway.providers.usage import Usage
     from translator.registry import check_registry
     from translator.source import load as load_yaml
 

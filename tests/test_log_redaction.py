@@ -7,7 +7,7 @@ import logging
 import pytest
 from aiohttp.http_exceptions import BadHttpMessage
 
-from gateway.app import RedactingFilter, redact_credentials
+from gateway.logs import RedactingFilter, redact_credentials
 
 KEY = "kw_5e073f83a65cb6f7_BvrT1DFHVvLYEQF7KUpyF3P_EkSWvRqIVlEip3G8AwE"
 

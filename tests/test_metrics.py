@@ -41,6 +41,7 @@ def make_record(**overrides: Any) -> AuditRecord:
         request_id="req-1",
         timestamp="2025-06-01T10:00:00.000Z",
         path="/v1/route",
+        operation="chat",
         status=200,
         stream=True,
         tenant="acme",
@@ -89,11 +90,15 @@ def test_one_request_records_every_instrument(
     got = collect(reader)
     route = {"endpoint": "private-gpu-b", "model": "llama"}
     assert got["kamiwaza.gateway.requests"] == [
-        ({"tenant": "acme", **route, "rule": "pii-on-prem", "status": "200", "stream": "true"}, 1)
+        (
+            {"tenant": "acme", "operation": "chat", **route, "rule": "pii-on-prem"}
+            | {"status": "200", "stream": "true"},
+            1,
+        )
     ]
     assert got["kamiwaza.gateway.tokens"] == [
-        ({"tenant": "acme", **route, "direction": "input"}, 11),
-        ({"tenant": "acme", **route, "direction": "output"}, 7),
+        ({"tenant": "acme", "operation": "chat", **route, "direction": "input"}, 11),
+        ({"tenant": "acme", "operation": "chat", **route, "direction": "output"}, 7),
     ]
     assert got["kamiwaza.gateway.cost.usd"] == [({"tenant": "acme", **route}, 0.0000036)]
     assert got["kamiwaza.gateway.decisions"] == [
@@ -107,7 +112,13 @@ def test_one_request_records_every_instrument(
         ({"endpoint": "private-gpu", "reason": "http_503"}, 1)
     ]
     [(attrs, (count, total, buckets))] = got["kamiwaza.gateway.request.duration"]
-    assert attrs == {**route, "rule": "pii-on-prem", "status": "200", "stream": "true"}
+    assert attrs == {
+        "operation": "chat",
+        **route,
+        "rule": "pii-on-prem",
+        "status": "200",
+        "stream": "true",
+    }
     assert (count, total) == (1, 0.26)
     # 0.26 s falls in the (0.25, 0.5] bucket.
     assert buckets[DURATION_BUCKETS_S.index(0.5)] == 1
@@ -129,8 +140,8 @@ def test_labels_of_a_request_refused_before_routing(
     got = collect(reader)
     none = "none"
     assert got["kamiwaza.gateway.requests"] == [
-        ({"tenant": none, "endpoint": none, "model": none, "rule": none, "status": "401",
-          "stream": "false"}, 1)
+        ({"tenant": none, "operation": none, "endpoint": none, "model": none, "rule": none,
+          "status": "401", "stream": "false"}, 1)
     ]  # fmt: skip
     for name in ("tokens", "cost.usd", "decisions", "upstream.attempts", "failovers"):
         assert f"kamiwaza.gateway.{name}" not in got

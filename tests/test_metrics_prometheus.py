@@ -19,13 +19,13 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 
-from gateway.app import METRICS, OBSERVERS
 from gateway.cli import main
 from gateway.errors import RateLimitedError
 from gateway.limits.config import parse_limits
 from gateway.limits.estimate import Estimate
 from gateway.limits.memory import InProcessLimits
 from gateway.limits.model import Subject
+from gateway.state import METRICS, OBSERVERS
 from observability.metrics import (
     DURATION_BUCKETS_S,
     POLICY_BUCKETS_S,
@@ -36,7 +36,7 @@ from observability.metrics import (
 )
 from observability.stats import quantile
 from tests.fake_upstream import Behavior
-from tests.gateway_harness import Gateway, start_gateway
+from tests.gateway_harness import EXAMPLE_OVERRIDES, Gateway, start_gateway
 from tests.prometheus_server import ROOT, PrometheusServer
 
 pytestmark = pytest.mark.integration
@@ -172,6 +172,7 @@ async def test_metrics_arrive_in_prometheus_with_exact_values(
             "otlp_endpoint": prometheus.otlp_url,
             "metrics_interval_s": 3600,  # exports happen when the test flushes
             "breaker_failures": 2,
+            "overrides_dirs": [EXAMPLE_OVERRIDES],
         },
     )
     try:
@@ -233,7 +234,7 @@ def _check_the_traffic_did_what_it_should(records: list[dict[str, Any]]) -> None
 
 
 def _check_counters(prom: PrometheusServer, records: list[dict[str, Any]]) -> None:
-    keys = ("tenant", "endpoint", "model", "rule", "status", "stream")
+    keys = ("tenant", "operation", "endpoint", "model", "rule", "status", "stream")
     requests: Counter[tuple[str, ...]] = Counter()
     tokens: dict[tuple[str, ...], int] = defaultdict(int)
     cost: dict[tuple[str, ...], float] = defaultdict(float)
@@ -242,13 +243,15 @@ def _check_counters(prom: PrometheusServer, records: list[dict[str, Any]]) -> No
     failovers: Counter[tuple[str, ...]] = Counter()
     for r in records:  # in the order the gateway recorded them, as the sums were added
         requests[
-            (*_key(r, "tenant", "endpoint", "model"), _rule(r), str(r["status"]),
+            (*_key(r, "tenant", "operation", "endpoint", "model"), _rule(r), str(r["status"]),
              "true" if r["stream"] else "false")
         ] += 1  # fmt: skip
         usage = _key(r, "tenant", "endpoint", "model")
         for direction in ("input", "output"):
             if r["tokens"][direction]:
-                tokens[(*usage, direction)] += r["tokens"][direction]
+                tokens[(*_key(r, "tenant", "operation", "endpoint", "model"), direction)] += r[
+                    "tokens"
+                ][direction]
         if r["cost_usd"]:
             cost[usage] += r["cost_usd"]
         if r["latency_ms"]["policy"] is not None:
@@ -262,7 +265,7 @@ def _check_counters(prom: PrometheusServer, records: list[dict[str, Any]]) -> No
 
     assert prom.values("kamiwaza_gateway_requests_total", *keys) == requests
     assert prom.values(
-        "kamiwaza_gateway_tokens_total", "tenant", "endpoint", "model", "direction"
+        "kamiwaza_gateway_tokens_total", "tenant", "operation", "endpoint", "model", "direction"
     ) == dict(tokens)
     # Costs exactly: the same float additions in the same order.
     assert prom.values("kamiwaza_gateway_cost_usd_total", "tenant", "endpoint", "model") == cost
@@ -362,6 +365,8 @@ def _check_gauges(prom: PrometheusServer) -> None:
         ("private-gpu-b",): 0,
         ("anthropic",): 0,
         ("bedrock",): 2,
+        ("private-embeddings",): 0,
+        ("openai-embeddings",): 0,
     }
     # (The gateway's own audit pipeline reports too, under its sink's name.)
     assert prom.values("kamiwaza_audit_spool_depth", "sink")[("test-sink",)] == 2
@@ -402,14 +407,16 @@ def _check_limits(prom: PrometheusServer) -> None:
 # OTel resource's service.name and service.instance.id).
 LABELS = {
     "kamiwaza_gateway_request_duration_seconds_bucket": {
-        "endpoint", "model", "rule", "status", "stream", "le"
+        "operation", "endpoint", "model", "rule", "status", "stream", "le"
     },
     "kamiwaza_gateway_time_to_first_token_seconds_bucket": {"endpoint", "model", "le"},
     "kamiwaza_gateway_upstream_duration_seconds_bucket": {"endpoint", "outcome", "le"},
     "kamiwaza_gateway_policy_duration_seconds_bucket": {"rule", "le"},
-    "kamiwaza_gateway_requests_total": {"tenant", "endpoint", "model", "rule", "status", "stream"},
+    "kamiwaza_gateway_requests_total": {
+        "tenant", "operation", "endpoint", "model", "rule", "status", "stream"
+    },
     "kamiwaza_gateway_decisions_total": {"rule", "route_to", "decision"},
-    "kamiwaza_gateway_tokens_total": {"tenant", "endpoint", "model", "direction"},
+    "kamiwaza_gateway_tokens_total": {"tenant", "operation", "endpoint", "model", "direction"},
     "kamiwaza_gateway_cost_usd_total": {"tenant", "endpoint", "model"},
     "kamiwaza_gateway_upstream_attempts_total": {"endpoint", "outcome"},
     "kamiwaza_gateway_failovers_total": {"endpoint", "reason"},

@@ -15,21 +15,19 @@ from openai.types.chat.completion_create_params import (
 from pydantic import TypeAdapter
 
 from gateway.providers import (
+    AttemptFailed,
     ProviderConfigError,
     ProviderNotImplementedError,
     Secret,
-    UpstreamFailureError,
     Usage,
     adapter_for,
 )
-from gateway.providers.base import (
-    CredentialStore,
-    estimate_prompt_tokens,
-    parse_retry_after,
-)
+from gateway.providers.credentials import CredentialStore
+from gateway.providers.failures import parse_retry_after
 from gateway.providers.openai_compatible import translate
 from gateway.providers.openai_compatible.adapter import OpenAIAdapter, OpenAICompatibleAdapter
 from gateway.providers.sse import SseEvent, SseParser, SseProtocolError
+from gateway.providers.usage import estimate_prompt_tokens
 from translator.errors import Position
 from translator.registry import Endpoint, Pricing
 
@@ -188,11 +186,11 @@ def test_secret_cannot_be_pickled() -> None:
 
 def test_unimplemented_type_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # Every type has an adapter now: unregister one to see the error.
-    from gateway.providers import base
+    from gateway.providers import registry
 
-    monkeypatch.delitem(base._ADAPTER_PATHS, "anthropic")
-    monkeypatch.delitem(base._ADAPTER_FACTORIES, "anthropic", raising=False)
-    with pytest.raises(ProviderNotImplementedError, match="'anthropic' is not implemented yet"):
+    monkeypatch.delitem(registry.ADAPTERS, "anthropic")
+    monkeypatch.delitem(registry._loaded, "anthropic", raising=False)
+    with pytest.raises(ProviderNotImplementedError, match="'anthropic' is not implemented"):
         adapter_for(endpoint(type="anthropic", base_url=None), environ={})
 
 
@@ -356,7 +354,7 @@ def test_stream_truncated_before_finish_is_a_failure() -> None:
     cut = data.index(b'"finish_reason"')
     translator = translate.OpenAIStreamTranslator.for_body(BODY, lambda s: s)
     translator.feed(data[:cut])
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         translator.finish()
     assert info.value.failure.code == "upstream_stream_truncated"
     assert info.value.failure.retryable
@@ -365,7 +363,7 @@ def test_stream_truncated_before_finish_is_a_failure() -> None:
 def test_stream_error_event_raises_redacted() -> None:
     translator = translate.OpenAIStreamTranslator.for_body(BODY, lambda s: s.replace(TOKEN, "***"))
     event = json.dumps({"error": {"message": f"overloaded for {TOKEN}", "code": "overloaded"}})
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         translator.feed(f"data: {event}\n\n".encode())
     assert info.value.failure.code == "overloaded"
     assert TOKEN not in info.value.failure.message
@@ -376,7 +374,7 @@ def test_stream_error_keeps_frames_that_preceded_it_in_the_same_read() -> None:
     data = upstream_stream(usage=False)
     good = data[: data.index(b"data: ", 10)]  # the first event (and its comment)
     error = b'data: {"error": {"message": "boom"}}\n\n'
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         translator.feed(good + error)
     assert len(info.value.frames) == 1
     assert info.value.frames[0].startswith(b'data: {"id": "chatcmpl-1"')
@@ -384,7 +382,7 @@ def test_stream_error_keeps_frames_that_preceded_it_in_the_same_read() -> None:
 
 def test_stream_rejects_non_json_event() -> None:
     translator = translate.OpenAIStreamTranslator.for_body(BODY, lambda s: s)
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         translator.feed(b"data: <html>\n\n")
     assert info.value.failure.code == "bad_upstream_response"
 
@@ -420,7 +418,7 @@ def test_parse_completion_and_usage() -> None:
     "raw", [b"not json", b"[1]", b'{"object": "chat.completion"}', b'{"error": {"message": "x"}}']
 )
 def test_parse_completion_rejects_malformed(raw: bytes) -> None:
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         translate.parse_completion(raw)
     assert info.value.failure.status_for_client == 502
     assert info.value.failure.retryable

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from gateway.forwarding import Forwarder
 from gateway.providers import adapter_for
+from gateway.providers.adapter import Call
 from gateway.providers.openai_compatible import translate
-from gateway.upstream import Forwarder
 from tests.fake_upstream import FakeUpstream
 from translator.errors import Position
 from translator.registry import Endpoint, Timeouts
@@ -242,7 +243,9 @@ async def test_root_base_url_reaches_v1_through_the_forwarder(
     up = await fake_upstream(token=None)
     root = up.url.removesuffix("/v1")
     async with Forwarder([endpoint(flavor, root)], environ={}) as forwarder:
-        result = await forwarder.complete(["gpu"], BODY, request_id="req-1")
+        result = await forwarder.complete(
+            ["gpu"], Call("chat", BODY, request_id="req-1"), lambda a: a.codec("chat")
+        )
     assert result.response is not None
     assert result.response["choices"][0]["message"]["content"].startswith("Hello")
     assert [(r.path, r.json["model"]) for r in up.requests] == [

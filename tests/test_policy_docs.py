@@ -10,6 +10,9 @@ README itself, "How to read the examples"):
   checked beside the README's `policy.yaml`, a policy with no rules.
 - A policy example without a registry is checked beside a copy of
   `policies/endpoints.yaml`, named `endpoints.yaml`.
+- A ```rego block whose first line is `# file: overrides/<name>/<name>.rego`,
+  directly before a policy example, is an override of that example: written to
+  that path, and the check runs with `--overrides overrides`.
 - A ```text block directly after an example is exactly what
   `kamiwaza policy check` prints on stderr for it. An example without one must
   check with no diagnostics at all, and compile; its `tests:`, if any, must pass
@@ -39,10 +42,14 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "policies" / "README.md"
 EXAMPLE_REGISTRY = ROOT / "policies" / "endpoints.yaml"
 REGO_DIR = ROOT / "rego"
+# The README's examples show the documented example override at work.
+EXAMPLE_OVERRIDES = ROOT / "policies" / "examples" / "overrides"
 
 DEFAULT_REGISTRY = "endpoints.yaml"
 PROBE_POLICY = "policy.yaml"  # the README's policy for registry-only examples
 FILE_RE = re.compile(r"^# file: ([A-Za-z0-9][A-Za-z0-9._-]*\.yaml)$")
+REGO_FILE_RE = re.compile(r"^# file: (overrides/[a-z0-9_]+/[a-z0-9_]+\.rego)$")
+OVERRIDES_DIR = "overrides"
 SUMMARY_RE = re.compile(r"^\d+ error\(s\), \d+ warning\(s\)$")
 
 
@@ -112,9 +119,22 @@ def parse_examples(text: str) -> tuple[list[Example], list[str]]:
 
     examples: list[Example] = []
     outputs: set[int] = set()  # the text blocks read as an example's output
+    overrides: dict[str, str] = {}  # Rego blocks waiting for their policy example
     i = 0
     while i < len(blocks):
         block = blocks[i]
+        if block.lang == "rego":
+            m = REGO_FILE_RE.match(block.body.split("\n", 1)[0])
+            following = adjacent(i)
+            if m is None or following is None or following.lang != "yaml":
+                problems.append(
+                    f"line {block.start + 1}: a rego block must start with "
+                    "'# file: overrides/<name>/<name>.rego' and precede a policy example"
+                )
+            else:
+                overrides[m.group(1)] = block.body + "\n"
+            i += 1
+            continue
         if block.lang != "yaml":
             i += 1
             continue
@@ -122,7 +142,8 @@ def parse_examples(text: str) -> tuple[list[Example], list[str]]:
         if name is None:
             i += 1
             continue
-        files = {name: block.body + "\n"}
+        files = {name: block.body + "\n", **overrides}
+        overrides = {}
         if name.startswith("endpoints"):
             example = Example(Path(name).stem, block.start + 1, PROBE_POLICY, name, files)
             following = adjacent(i)
@@ -182,6 +203,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _materialise(example: Example, directory: Path) -> None:
     for name, text in example.files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
         (directory / name).write_text(text, encoding="utf-8")
     if example.registry is None:
         shutil.copyfile(EXAMPLE_REGISTRY, directory / DEFAULT_REGISTRY)
@@ -208,6 +230,8 @@ def test_cli_prints_the_documented_output(example: Example, workdir: Path) -> No
     args = ["check", example.policy]  # `kamiwaza policy check ...`
     if example.registry is not None:
         args += ["--endpoints", example.registry]
+    if any(name.endswith(".rego") for name in example.files):
+        args += ["--overrides", OVERRIDES_DIR]
     run = CliRunner().invoke(kamiwaza_policy, args)
     assert run.stderr == example.expected + "\n", f"README line {example.line}"
     assert run.exit_code == (1 if _has_summary(example.expected) else 0)
@@ -228,7 +252,7 @@ def test_valid_example_tests_pass_in_opa(example: Example, workdir: Path, opa_bi
     result, files = compile_policy(example.policy, example.registry_name)
     assert result.ir is not None and result.ir.tests
     write_output(files, str(workdir / "out"))
-    outcomes = run_tests([str(workdir / "out"), str(REGO_DIR)])
+    outcomes = run_tests([str(workdir / "out"), str(REGO_DIR), str(EXAMPLE_OVERRIDES)])
     ours = [o for o in outcomes if o.package == "data.kamiwaza.policy_test"]
     assert len(ours) == len(result.ir.tests)
     failed = [f"{o.name}: {o.error or ''} {o.output.strip()}" for o in ours if not o.passed]
@@ -245,7 +269,40 @@ def _defined_codes() -> list[str]:
 
 @pytest.mark.parametrize("code", _defined_codes())
 def test_every_diagnostic_code_has_a_documented_example(code: str) -> None:
+    if code == errors.UNREAD_INPUT:  # explain's, shown as a console example
+        assert any(f"warning[{code}]:" in text for text in EXPLAIN_WARNINGS.values())
+        return
     assert any(f"[{code}]:" in (e.expected or "") for e in INVALID)
+
+
+def _explain_examples() -> dict[str, str]:
+    """```console blocks `$ kamiwaza policy explain ... >/dev/null`: the command
+    and what it prints on stderr, run from the project root."""
+    blocks, _ = parse_blocks(README_TEXT.splitlines())
+    out = {}
+    for block in blocks:
+        first, _, rest = block.body.partition("\n")
+        explain = first.startswith("$ kamiwaza policy explain ")
+        if block.lang == "console" and explain and first.endswith(" >/dev/null"):
+            out[first] = rest
+    return out
+
+
+EXPLAIN_WARNINGS = _explain_examples()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", sorted(EXPLAIN_WARNINGS))
+def test_explain_warnings_are_as_documented(
+    command: str, monkeypatch: pytest.MonkeyPatch, opa_bin: str
+) -> None:
+    import shlex
+
+    monkeypatch.chdir(ROOT)
+    args = shlex.split(command.removeprefix("$ kamiwaza policy ").removesuffix(" >/dev/null"))
+    run = CliRunner().invoke(kamiwaza_policy, args)
+    assert run.exit_code == 0, run.output
+    assert run.stderr == EXPLAIN_WARNINGS[command] + "\n"
 
 
 def _keywords() -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.providers.anthropic.translate import parse_message
-from gateway.providers.base import BAD_UPSTREAM_RESPONSE, UpstreamFailure, UpstreamFailureError
+from gateway.providers.failures import BAD_UPSTREAM_RESPONSE, AttemptFailed, AttemptFailure
 from gateway.providers.openai_compatible.translate import parse_completion
 from gateway.providers.vertex.gemini import parse_response
 
@@ -36,6 +36,6 @@ PARSERS: dict[str, Callable[[bytes], Any]] = {
 def test_an_answer_that_is_not_a_json_object_is_a_bad_response(
     provider: str, raw: bytes, message: str
 ) -> None:
-    with pytest.raises(UpstreamFailureError) as info:
+    with pytest.raises(AttemptFailed) as info:
         PARSERS[provider](raw)
-    assert info.value.failure == UpstreamFailure(502, BAD_UPSTREAM_RESPONSE, message, True)
+    assert info.value.failure == AttemptFailure(502, BAD_UPSTREAM_RESPONSE, message, True)

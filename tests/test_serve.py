@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from gateway.app import StartupError, create_app
+from gateway.app import create_app
 from gateway.auth import KeyStore
+from gateway.errors import StartupError
 from gateway.settings import load_settings
 from observability.audit_reader import request_records
 from tests.processes import free_port
@@ -112,7 +113,12 @@ def _serve(workdir: Path, port: int, opa_bin: str) -> subprocess.Popen[bytes]:
              "--port", str(port), "--audit-dir", "audit", "--rego", str(ROOT / "rego"),
              "--allow-unconfigured-endpoints"],
             cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "KAMIWAZA_OPA_BIN": opa_bin},
+            env={
+                **os.environ,
+                "KAMIWAZA_OPA_BIN": opa_bin,
+                # The example override, enabled as an operator would.
+                "KAMIWAZA_OVERRIDES_DIRS": str(ROOT / "policies" / "examples" / "overrides"),
+            },
         )  # fmt: skip
     deadline = time.monotonic() + 30
     status = 0
@@ -211,7 +217,12 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path, opa_bin: str) -> None:
              "--port", str(port), "--audit-dir", "audit", "--rego", str(ROOT / "rego"),
              "--allow-unconfigured-endpoints"],
             cwd=workdir, capture_output=True, text=True, timeout=60, check=False,
-            env={**os.environ, "KAMIWAZA_OPA_BIN": opa_bin},
+            env={
+                **os.environ,
+                "KAMIWAZA_OPA_BIN": opa_bin,
+                # The example override, enabled as an operator would.
+                "KAMIWAZA_OVERRIDES_DIRS": str(ROOT / "policies" / "examples" / "overrides"),
+            },
         )  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-1] == (
@@ -245,3 +256,25 @@ def test_sighup_reloads_the_keys_file(tmp_path: Path, opa_bin: str) -> None:
         proc.wait(timeout=30)
     assert proc.returncode == 0
     assert "keys file reloaded (2 keys)" in (workdir / "serve.log").read_text()
+
+
+@pytest.mark.integration
+def test_a_sidecar_that_will_not_start_is_a_clear_error(tmp_path: Path) -> None:
+    """A failure inside a cleanup_ctx (here: OPA exits at once) ends as one
+    line naming the component, never a traceback."""
+    workdir, _ = _example(tmp_path)
+    broken = workdir / "opa"
+    broken.write_text("#!/bin/sh\necho 'opa: cannot open the bundle' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    proc = subprocess.run(
+        [KAMIWAZA, "serve", "--policy", "routing.yaml", "--keys", "keys.json",
+         "--port", str(free_port()), "--audit-dir", "audit", "--rego", str(ROOT / "rego"),
+         "--allow-unconfigured-endpoints"],
+        cwd=workdir, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "KAMIWAZA_OPA_BIN": str(broken)},
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    assert errors[0].startswith("error: OPA: ")

@@ -27,11 +27,13 @@ def record(
     total_ms: float | None = 100.0,
     tokens: tuple[int, int] = (0, 0),
     cost: float = 0.0,
+    operation: str = "chat",
 ) -> dict[str, Any]:
     return {
         "request_id": request_id,
         "timestamp": timestamp,
         "path": "/v1/route",
+        "operation": operation,
         "status": status,
         "tenant": tenant,
         "user": "someone",
@@ -54,7 +56,7 @@ RECORDS = [
     record("r4", DAY + "03:00.500Z", tenant="globex", total_ms=400.0, status=502),
     # private-gpu: one request routed by a rule, one by an override.
     record("r5", DAY + "04:00Z", endpoint="private-gpu", rule="pii-on-prem", total_ms=50.0,
-           tokens=(100, 100), cost=0.04),
+           tokens=(100, 100), cost=0.04, operation="embeddings"),
     record("r6", DAY + "05:00Z", endpoint="private-gpu", rule=None, overridden_by="legal_hold",
            total_ms=60.0, tokens=(3, 4), cost=0.0014),
     # Refused before routing: no endpoint, no rule.
@@ -112,6 +114,11 @@ default                     4  57.1%
 none                        1  14.3%
 override:legal_hold         1  14.3%
 pii-on-prem                 1  14.3%
+
+Requests by operation
+operation   requests  input tokens  output tokens  cost (USD)
+chat               6            19             31    0.001863
+embeddings         1           100            100    0.040000
 """
 
 
@@ -149,6 +156,12 @@ def test_json(audit_dir: Path) -> None:
             {"rule": "none", "requests": 1, "share": 1 / 7},
             {"rule": "override:legal_hold", "requests": 1, "share": 1 / 7},
             {"rule": "pii-on-prem", "requests": 1, "share": 1 / 7},
+        ],
+        "operations": [
+            {"operation": "chat", "requests": 6, "input_tokens": 19, "output_tokens": 31,
+             "cost_usd": 0.001863},
+            {"operation": "embeddings", "requests": 1, "input_tokens": 100,
+             "output_tokens": 100, "cost_usd": 0.04},
         ],
     }  # fmt: skip
 

@@ -20,8 +20,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway.app import TRACING
 from gateway.settings import SettingsError, load_settings
+from gateway.state import TRACING
 from observability.tracing import (
     GatewayTracing,
     TracingConfig,

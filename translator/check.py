@@ -25,6 +25,7 @@ from translator.errors import (
     SHADOWED_RULE,
     UNKNOWN_ENDPOINT,
     UNKNOWN_KEY,
+    UNSERVED_OPERATION,
     UNSUPPORTED_VERSION,
     Diagnostic,
     Position,
@@ -43,8 +44,9 @@ from translator.model import (
     Rule,
     StringCondition,
 )
+from translator.operations import OPERATIONS
 from translator.registry import Registry
-from translator.shadow import shadowed_rules
+from translator.shadow import glob_matches, shadowed_rules
 from translator.source import Document, LMap, LNode, LScalar, LSeq, plain
 from translator.validate import Collector
 
@@ -67,6 +69,7 @@ INPUT_FIELDS: Mapping[str, tuple[tuple[type, ...], str]] = {
     "latency_budget_ms": _NUMBER_T,
     "cost_cap_per_1k": _NUMBER_T,
     "model": _STRING,
+    "operation": _STRING,
     "labels": _MAPPING,
     "request": _MAPPING,
     "budget": _MAPPING,
@@ -181,8 +184,37 @@ class _PolicyChecker:
                 declared.add(name)
             if rule is not None:
                 rules.append(rule)
+                self._check_served(rule)
         self._check_shadowing(rules)
         return rules, default, declared
+
+    def _check_served(self, rule: Rule) -> None:
+        """Warn when no endpoint the rule routes to serves an operation it matches."""
+        matched: frozenset[str] = frozenset(OPERATIONS)
+        for condition in rule.conditions:
+            if isinstance(condition, StringCondition) and condition.field == "operation":
+                matched = frozenset(
+                    op
+                    for op in OPERATIONS
+                    if op in condition.literals or any(glob_matches(g, op) for g in condition.globs)
+                )
+        served: set[str] = set()
+        for name in (rule.route_to, *rule.fallback):
+            endpoint = self.registry.endpoints.get(name)
+            if endpoint is None:
+                return  # an unknown endpoint is an error reported elsewhere
+            served |= endpoint.operations
+        if matched and not matched & served:
+            self.out.diagnostics.append(
+                warning(
+                    UNSERVED_OPERATION,
+                    f"rule '{rule.name}' matches {_ops(matched)} requests but routes only to "
+                    f"endpoints that serve {', '.join(sorted(served))}: the operation guard "
+                    "refuses every request it matches",
+                    rule.pos,
+                    "route it to an endpoint whose 'operations' include what it matches",
+                )
+            )
 
     def _check_default(
         self, spec: LMap, index: int, last: int, previous: DefaultRule | None
@@ -278,8 +310,22 @@ class _PolicyChecker:
             )
             return None
         if kind is FieldKind.STRING:
-            return self._check_string_condition(field, node)
+            condition = self._check_string_condition(field, node)
+            if field == "operation" and condition is not None:
+                return self._check_operations(condition)
+            return condition
         return self._check_number_condition(field, node)
+
+    def _check_operations(self, condition: StringCondition) -> StringCondition | None:
+        unknown = [v for v in condition.literals if v not in OPERATIONS]
+        for value in unknown:
+            self.out.err(
+                BAD_VALUE,
+                f"match key 'operation': unknown operation '{value}'",
+                condition.pos,
+                did_you_mean(value, OPERATIONS) or f"operations: {', '.join(OPERATIONS)}",
+            )
+        return None if unknown else condition
 
     def _check_string_condition(self, field: str, node: LNode) -> StringCondition | None:
         what = f"match key '{field}'"
@@ -518,6 +564,10 @@ def _declared_name(spec: LMap, index: int) -> str | None:
 def _key_pos(spec: LMap, key: str) -> Position:
     node = spec.get(key)
     return node.pos if node is not None else spec.pos
+
+
+def _ops(names: frozenset[str] | set[str]) -> str:
+    return " or ".join(sorted(names)) or "nothing"
 
 
 def _shadow_warning(later: Rule, earlier: Rule) -> Diagnostic:

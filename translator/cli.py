@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,6 +34,22 @@ _rego_option = click.option(
     default=None,
     help="Hand-written Rego: entry point, guards, overrides (default: ./rego).",
 )
+
+
+_overrides_option = click.option(
+    "--overrides",
+    "overrides_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="An override directory in use, beside --rego (repeatable), e.g. "
+    "policies/examples/overrides for the example legal_hold override.",
+)
+
+
+def _in_use(package: str) -> bool:
+    """Whether a test package belongs to the policy or an override (`policy test`
+    counts those; the entry point's and guards' own tests are the project's)."""
+    return package == "data.kamiwaza.policy_test" or package.startswith("data.overrides.")
 
 
 def _fail_usage(message: str) -> NoReturn:
@@ -60,15 +77,63 @@ def policy() -> None:
     """Check, compile, test and explain YAML routing policies."""
 
 
+def _override_dirs(rego_dir: str | None, overrides_dirs: Sequence[str]) -> list[str]:
+    """The override directories in use: `<rego>/overrides` and each --overrides."""
+    from translator.opa import default_rego_dir
+
+    if rego_dir is None:
+        try:
+            rego_dir = default_rego_dir()
+        except OpaError:
+            rego_dir = None
+    dirs = [str(Path(rego_dir) / "overrides")] if rego_dir else []
+    return [d for d in (*dirs, *overrides_dirs) if Path(d).is_dir()]
+
+
 @policy.command("check")
 @click.argument("path", type=click.Path(dir_okay=False))
 @_endpoints_option
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
-def check_cmd(path: str, endpoints: str | None, strict: bool) -> None:
+@click.option(
+    "--data-classes",
+    default=None,
+    help="The gateway's data classes, comma-separated (default: --config's, else "
+    "public,internal,confidential,pii-restricted).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Gateway config file: its data_classes, rego_dir and overrides_dirs.",
+)
+@_rego_option
+@_overrides_option
+def check_cmd(
+    *,
+    path: str,
+    endpoints: str | None,
+    strict: bool,
+    data_classes: str | None,
+    config_file: str | None,
+    rego_dir: str | None,
+    overrides_dirs: tuple[str, ...],
+) -> None:
     """Report every error and warning in the policy at PATH."""
+    from translator.lint import GatewayConfig, read_gateway_config
     from translator.pipeline import check
 
-    result = check(path, endpoints)
+    config = GatewayConfig()
+    if config_file is not None:
+        try:
+            config = read_gateway_config(config_file)
+        except ValueError as err:
+            _fail_usage(str(err))
+    classes = config.data_classes
+    if data_classes is not None:
+        classes = tuple(c.strip() for c in data_classes.split(",") if c.strip())
+    dirs = _override_dirs(rego_dir or config.rego_dir, overrides_dirs or config.overrides_dirs)
+    result = check(path, endpoints, data_classes=classes, override_dirs=dirs)
     if result.diagnostics:
         click.echo(result.render_diagnostics(), err=True)
     errors = sum(1 for d in result.diagnostics if d.is_error)
@@ -103,9 +168,16 @@ def compile_cmd(path: str, out_dir: str, endpoints: str | None) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @_endpoints_option
 @_rego_option
+@_overrides_option
 @click.option("-v", "--verbose", is_flag=True, help="List passing tests too.")
-def test_cmd(path: str, endpoints: str | None, rego_dir: str | None, verbose: bool) -> None:
-    """Compile the policy at PATH and run its tests (and rego/'s) with `opa test`."""
+def test_cmd(
+    path: str,
+    endpoints: str | None,
+    rego_dir: str | None,
+    overrides_dirs: tuple[str, ...],
+    verbose: bool,
+) -> None:
+    """Compile the policy at PATH and run its tests and those of the overrides in use."""
     from translator.opa import default_rego_dir, run_tests
     from translator.pipeline import write_output
 
@@ -113,9 +185,10 @@ def test_cmd(path: str, endpoints: str | None, rego_dir: str | None, verbose: bo
     with tempfile.TemporaryDirectory(prefix="kamiwaza-policy-") as tmp:
         write_output(files, tmp)
         try:
-            outcomes = run_tests([tmp, rego_dir or default_rego_dir()])
+            outcomes = run_tests([tmp, rego_dir or default_rego_dir(), *overrides_dirs])
         except OpaError as err:
             _fail_usage(str(err))
+    outcomes = [o for o in outcomes if _in_use(o.package)]
     failed = [o for o in outcomes if not o.passed]
     for outcome in outcomes:
         if outcome.passed and not verbose:
@@ -132,8 +205,9 @@ def test_cmd(path: str, endpoints: str | None, rego_dir: str | None, verbose: bo
         sys.exit(EXIT_POLICY)
 
 
-def _read_input(raw: str) -> dict[str, Any]:
-    text = raw
+def _read_input(raw: str) -> tuple[dict[str, Any], str, str]:
+    """The input document, its text, and how diagnostics name it."""
+    text, source = raw, "--input"
     if not raw.lstrip().startswith(("{", "[")):
         source = raw[1:] if raw.startswith("@") else raw
         try:
@@ -146,7 +220,7 @@ def _read_input(raw: str) -> dict[str, Any]:
         _fail_usage(f"--input is not valid JSON: {err}")
     if not isinstance(doc, dict):
         _fail_usage("--input must be a JSON object (the request input document)")
-    return doc
+    return doc, text, "<stdin>" if source == "-" else source
 
 
 @policy.command("explain")
@@ -159,9 +233,16 @@ def _read_input(raw: str) -> dict[str, Any]:
 )
 @_endpoints_option
 @_rego_option
+@_overrides_option
 @click.option("--json", "as_json", is_flag=True, help="Print the raw decision as JSON.")
 def explain_cmd(
-    path: str, input_arg: str, endpoints: str | None, rego_dir: str | None, as_json: bool
+    *,
+    path: str,
+    input_arg: str,
+    endpoints: str | None,
+    rego_dir: str | None,
+    overrides_dirs: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Evaluate the policy at PATH for one input with OPA and explain the decision."""
     from translator.emit import emit_explain
@@ -169,11 +250,11 @@ def explain_cmd(
     from translator.opa import default_rego_dir, evaluate
     from translator.pipeline import write_output
 
-    input_doc = _read_input(input_arg)
+    input_doc, input_text, input_source = _read_input(input_arg)
     result, files = _compile_or_exit(path, endpoints)
     with tempfile.TemporaryDirectory(prefix="kamiwaza-policy-") as tmp:
         write_output({**files, **emit_explain(result.ir)}, tmp)
-        paths = [tmp, rego_dir or default_rego_dir()]
+        paths = [tmp, rego_dir or default_rego_dir(), *overrides_dirs]
         # One `opa eval` for both: each run loads and compiles every module again.
         query = '{"decision": data.kamiwaza.route.decision, "trace": data.kamiwaza.policy.explain}'
         try:
@@ -181,7 +262,21 @@ def explain_cmd(
             both = evaluate(paths, query, input_doc) or {"decision": None, "trace": None}
         except OpaError as err:
             _fail_usage(str(err))
+    _warn_unread(input_doc, input_text, input_source, result.ir, paths[1:])
     if as_json:
         click.echo(json.dumps(both["decision"], indent=2, sort_keys=True))
         return
     click.echo(render_explanation(both["decision"], both["trace"]))
+
+
+def _warn_unread(
+    input_doc: dict[str, Any], text: str, source: str, ir: Any, rego_dirs: Sequence[str]
+) -> None:
+    """W005 on stderr for each input field that nothing in the policy reads."""
+    from translator.lint import read_paths, rego_files, unread_input_warnings
+
+    conditions = (c.path for b in ir.branches for c in b.conditions)
+    reads = read_paths(conditions, rego_files(rego_dirs))
+    lines = text.splitlines()
+    for diagnostic in unread_input_warnings(input_doc, text, source, reads):
+        click.echo(diagnostic.render(lines), err=True)

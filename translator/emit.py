@@ -15,8 +15,14 @@ from typing import Any
 import jinja2
 
 from translator import rego
+from translator.classes import classes_data
 from translator.ir import IRBranch, IRCondition, IRPolicy, IRTest
 
+POLICY_PACKAGE = "kamiwaza.policy"
+# Where a candidate policy is compiled to be decided beside the live one (the
+# gateway's `shadow_policy`, `kamiwaza policy diff`): the entry point reads it
+# as data.kamiwaza.shadow.
+SHADOW_PACKAGE = "kamiwaza.shadow"
 POLICY_FILE = "kamiwaza/policy/policy.rego"
 EXPLAIN_FILE = "kamiwaza/policy/explain.rego"
 TEST_FILE = "kamiwaza/policy/policy_test.rego"
@@ -49,24 +55,43 @@ class _TestView:
     report: str
 
 
-def emit(ir: IRPolicy, registry_data: dict[str, Any]) -> dict[str, str]:
-    """All generated files, by path relative to the output directory."""
+def emit(
+    ir: IRPolicy, registry_data: dict[str, Any], classes: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """All generated files, by path relative to the output directory.
+
+    `classes` is `data.kamiwaza.classes` (:func:`translator.classes.classes_data`;
+    default: the built-in classes)."""
+    data = {"endpoints": registry_data, "classes": classes or classes_data()}
     files = {
-        POLICY_FILE: _render(
-            "policy.rego.j2",
-            source=_comment(ir.source_path),
-            revision=rego.string(ir.revision),
-            branches=[_branch_view(b) for b in ir.branches],
-            default=_branch_view(ir.default) if ir.default else None,
-            any_helper=ir.uses_any_helper,
-        ),
-        DATA_FILE: json.dumps({"kamiwaza": {"endpoints": registry_data}}, indent=2) + "\n",
+        POLICY_FILE: emit_rules(ir),
+        DATA_FILE: json.dumps({"kamiwaza": data}, indent=2) + "\n",
     }
     if ir.tests:
         files[TEST_FILE] = _render(
             "policy_test.rego.j2", source=_comment(ir.source_path), tests=_test_views(ir.tests)
         )
     return files
+
+
+def emit_rules(ir: IRPolicy, package: str = POLICY_PACKAGE) -> str:
+    """The compiled rules as one Rego module of `package` (a dotted name)."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*", package):
+        raise ValueError(f"not a Rego package name: {package!r}")
+    return _render(
+        "policy.rego.j2",
+        package=package,
+        source=_comment(ir.source_path),
+        revision=rego.string(ir.revision),
+        branches=[_branch_view(b) for b in ir.branches],
+        default=_branch_view(ir.default) if ir.default else None,
+        any_helper=ir.uses_any_helper,
+    )
+
+
+def shadow_file(package: str = SHADOW_PACKAGE) -> str:
+    """Where the module of `package` goes, relative to the output directory."""
+    return package.replace(".", "/") + "/policy.rego"
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,11 @@ MISSING_KEY = "E011"
 DUPLICATE_KEY = "E012"
 BAD_VALUE = "E013"
 SHADOWED_RULE = "W001"
+UNKNOWN_DATA_CLASS = "W002"
+NEVER_HOLDS = "W003"
+OVERRIDE_UNKNOWN_ENDPOINT = "W004"
+UNREAD_INPUT = "W005"  # `policy explain` only: about its --input, not the policy
+UNSERVED_OPERATION = "W006"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ _PATHS: dict[str, tuple[str, ...]] = {
     "data_class": ("data_class",),
     "user_role": ("user", "roles"),
     "model": ("model",),
+    "operation": ("operation",),
     "latency_budget_ms": ("latency_budget_ms",),
     "cost_cap_per_1k": ("cost_cap_per_1k",),
     "budget_remaining_share": ("budget", "remaining_share"),

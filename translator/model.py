@@ -24,6 +24,7 @@ MATCH_FIELDS: dict[str, FieldKind] = {
     "data_class": FieldKind.STRING,
     "user_role": FieldKind.STRING,
     "model": FieldKind.STRING,
+    "operation": FieldKind.STRING,
     "latency_budget_ms": FieldKind.NUMBER,
     "cost_cap_per_1k": FieldKind.NUMBER,
     # The tenant's remaining budget share (0..1), from the gateway's limiter.

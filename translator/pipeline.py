@@ -7,10 +7,13 @@ stages together and renders diagnostics against the source lines.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from translator.check import check_policy
+from translator.classes import DEFAULT_DATA_CLASSES
 from translator.errors import MISSING_KEY, YAML_SYNTAX, Diagnostic, PolicyError, Position, error
 from translator.ir import IRPolicy, lower
 from translator.registry import Registry, check_registry
@@ -85,8 +88,20 @@ def _load(path: str, shown: str, result: CheckResult) -> Document | None:
     return doc
 
 
-def check(policy_path: str, registry_path: str | None = None) -> CheckResult:
-    """Load and check a policy and its endpoint registry; lower it when valid."""
+def check(
+    policy_path: str,
+    registry_path: str | None = None,
+    *,
+    data_classes: Sequence[str] | None = None,
+    override_dirs: Sequence[str] = (),
+) -> CheckResult:
+    """Load and check a policy and its endpoint registry; lower it when valid.
+
+    `data_classes` are the gateway's configured classes (default: the built-in
+    list); the overrides in `override_dirs` are scanned for forced routes to
+    endpoints the registry lacks (translator/lint.py)."""
+    from translator import lint
+
     registry_path = registry_path or default_registry_path(policy_path)
     policy_shown, registry_shown = display_path(policy_path), display_path(registry_path)
     result = CheckResult(policy_shown, Registry(registry_shown, {}, readable=False), [])
@@ -101,21 +116,36 @@ def check(policy_path: str, registry_path: str | None = None) -> CheckResult:
         return result
     policy, found = check_policy(policy_doc, result.registry)
     result.diagnostics.extend(found)
+    result.diagnostics.extend(
+        lint.data_class_warnings(policy, data_classes or DEFAULT_DATA_CLASSES)
+    )
+    result.diagnostics.extend(lint.domain_warnings(policy))
+    rego = lint.rego_files(override_dirs)
+    for diagnostic in lint.override_route_warnings(rego, result.registry):
+        result.diagnostics.append(diagnostic)
+        shown = next(f for f in rego if f.path == diagnostic.pos.file)
+        result.documents.setdefault(shown.path, Document(shown.path, shown.lines, None))
     if result.ok:
         result.ir = lower(policy, result.registry.opa_data())
     return result
 
 
 def compile_policy(
-    policy_path: str, registry_path: str | None = None
+    policy_path: str,
+    registry_path: str | None = None,
+    *,
+    classes: dict[str, Any] | None = None,
 ) -> tuple[CheckResult, dict[str, str]]:
-    """Check and emit. Raises :class:`PolicyError` when the policy has errors."""
+    """Check and emit. Raises :class:`PolicyError` when the policy has errors.
+
+    `classes` is `data.kamiwaza.classes` (default: the built-in data classes)."""
     from translator.emit import emit  # jinja2 is only needed to emit
 
-    result = check(policy_path, registry_path)
+    order = tuple(classes["order"]) if classes else None
+    result = check(policy_path, registry_path, data_classes=order)
     if result.ir is None:  # set only when there is no error
         raise PolicyError(result.diagnostics, result.render_diagnostics())
-    return result, emit(result.ir, result.registry.opa_data())
+    return result, emit(result.ir, result.registry.opa_data(), classes)
 
 
 def write_output(files: dict[str, str], out_dir: str) -> list[str]:

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from translator.errors import BAD_VALUE, MISSING_KEY, Diagnostic, Position, did_you_mean
+from translator.operations import OPERATIONS, default_operations
 from translator.source import Document, LMap, LNode
 from translator.validate import Collector
 
@@ -35,6 +36,7 @@ COMMON_FIELDS = (
     "pricing",
     "timeouts",
     "description",
+    "operations",
 )
 
 # Fields each type adds, and which of all its fields it requires.
@@ -93,6 +95,12 @@ class Pricing:
     input_per_1k: float = 0.0
     output_per_1k: float = 0.0
 
+    def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
+        """The one cost formula (USD at these per-1k prices), rounded to a nano-dollar."""
+        return round(
+            (input_tokens * self.input_per_1k + output_tokens * self.output_per_1k) / 1000.0, 9
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
@@ -115,12 +123,15 @@ class Endpoint:
     description: str | None = None
     # Type-specific fields (region, deployment, ...), as validated strings/ints.
     options: Mapping[str, str | int] = field(default_factory=dict)
+    # What it serves: `operations:` in the registry, else the type's and model's default.
+    operations: frozenset[str] = frozenset({"chat", "messages", "responses"})
 
     def opa_facts(self) -> dict[str, Any]:
         """What Rego guards may know of this endpoint: no URLs, no credential names."""
         facts: dict[str, Any] = {
             "type": self.type,
             "in_vpc": self.in_vpc,
+            "operations": sorted(self.operations),
             "pricing": {
                 "input_per_1k": self.pricing.input_per_1k,
                 "output_per_1k": self.pricing.output_per_1k,
@@ -260,6 +271,8 @@ def _check_endpoint(out: Collector, name: str, node: LNode, key_pos: Position) -
     auth = _check_auth(out, spec, where)
     pricing = _check_pricing(out, spec, where)
     timeouts = _check_timeouts(out, spec, where)
+    model = strings.get("model") or _str_option(options, "deployment")
+    operations = _check_operations(out, spec, where) or default_operations(ep_type, model)
     if len(out.diagnostics) != before:
         return None
     return Endpoint(
@@ -274,7 +287,39 @@ def _check_endpoint(out: Collector, name: str, node: LNode, key_pos: Position) -
         timeouts=timeouts,
         description=strings.get("description"),
         options=MappingProxyType(options),
+        operations=operations,
     )
+
+
+def _str_option(options: Mapping[str, str | int], key: str) -> str | None:
+    value = options.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _check_operations(out: Collector, spec: LMap, where: str) -> frozenset[str] | None:
+    node = spec.get("operations")
+    if node is None:
+        return None
+    seq = out.expect_seq(node, f"{where}: 'operations'")
+    if seq is None:
+        return None
+    names: set[str] = set()
+    for item in seq.items:
+        name = out.expect_str(item, f"{where}: 'operations' item")
+        if name is None:
+            continue
+        if name not in OPERATIONS:
+            out.err(
+                BAD_VALUE,
+                f"{where}: unknown operation '{name}'",
+                item.pos,
+                did_you_mean(name, OPERATIONS) or f"operations: {', '.join(OPERATIONS)}",
+            )
+            continue
+        names.add(name)
+    if not seq.items:
+        out.err(BAD_VALUE, f"{where}: 'operations' must name at least one operation", node.pos)
+    return frozenset(names) or None
 
 
 def _check_auth(out: Collector, spec: LMap, where: str) -> dict[str, str]:

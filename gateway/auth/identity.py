@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
 
 AuthMethod = Literal["api_key", "jwt"]
 
 _MAX_NAME_LENGTH = 256
 
 
-class AuthConfigError(Exception):
+class AuthConfigError(ConfigError):
     """The authentication configuration is unusable: a malformed keys file, a bad
     JWKS file, an invalid JWT setting. Raised at start-up or on reload, never for
     a client's credential (those are :class:`gateway.errors.AuthenticationError`)."""

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Final
 
+from gateway.errors import ConfigError
 from translator.errors import Position
 from translator.source import LMap, LNode, LScalar, load, type_name
 
@@ -53,7 +54,7 @@ MAX_USD: Final = 1_000_000.0
 MAX_COUNT: Final = 10**12
 
 
-class LimitsConfigError(Exception):
+class LimitsConfigError(ConfigError):
     """The limits file is unreadable or invalid; `problems` lists every error."""
 
     def __init__(self, path: str, problems: list[str]) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from gateway.limits.config import ReservationPolicy
-from gateway.providers.base import estimate_prompt_tokens
+from gateway.providers.usage import estimate_prompt_tokens
 from translator.registry import Pricing
 
 # Body fields that bound the output, in the order OpenAI's APIs prefer them.
@@ -86,5 +86,5 @@ def estimate_request(
 
 
 def cost_usd(input_tokens: int, output_tokens: int, pricing: Pricing) -> float:
-    """The registry's per-1k prices applied (as gateway.providers.base.Usage.cost_usd)."""
+    """The registry's per-1k prices applied (as gateway.providers.usage.Usage.cost_usd)."""
     return (input_tokens * pricing.input_per_1k + output_tokens * pricing.output_per_1k) / 1000.0

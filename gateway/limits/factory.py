@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
+from gateway.errors import ConfigError
 from gateway.limits.backend import LimitsBackend, LimitsObserver
 from gateway.limits.config import LimitsConfigError, load_limits
 from gateway.limits.memory import InProcessLimits
 from gateway.settings import Settings
 
 
-class LimitsSetupError(Exception):
+class LimitsSetupError(ConfigError):
     """The limits file or the Redis settings are invalid; the message says which."""
 
 

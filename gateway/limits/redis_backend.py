@@ -24,6 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
+from gateway.errors import ConfigError
 from gateway.limits import lua
 from gateway.limits.backend import LimitsBackend, StoreUnavailable
 from gateway.limits.config import LimitsConfig
@@ -41,7 +42,7 @@ from gateway.limits.model import CheckResult, Outcome, ReserveStep, SettleTarget
 STATE_TTL_MARGIN_MS = 60_000
 
 
-class RedisConfigError(Exception):
+class RedisConfigError(ConfigError):
     """The Redis settings are unusable (a password in the URL, a bad scheme)."""
 
 

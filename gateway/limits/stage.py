@@ -30,7 +30,7 @@ from gateway.limits.backend import LimitsBackend
 from gateway.limits.estimate import estimate_request
 from gateway.limits.model import Reservation, Subject
 from gateway.limits.opa import budget_input
-from gateway.providers.base import Usage
+from gateway.providers.usage import Usage
 from translator.registry import Pricing, Registry
 
 

@@ -26,18 +26,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from gateway.providers.base import (
-    BAD_UPSTREAM_RESPONSE,
-    DONE_FRAME,
-    StreamTranslator,
-    UpstreamFailure,
-    UpstreamFailureError,
-    Usage,
-    estimate_prompt_tokens,
-    estimate_text_tokens,
-    sse_frame,
-)
+from gateway.providers.adapter import StreamTranslator
+from gateway.providers.failures import BAD_UPSTREAM_RESPONSE, AttemptFailed, AttemptFailure
 from gateway.providers.sse import SseParser, SseProtocolError
+from gateway.providers.usage import Usage, estimate_prompt_tokens, estimate_text_tokens
+from gateway.providers.wire import DONE_FRAME, sse_frame
 
 UNSUPPORTED_REQUEST: Final = "unsupported_request"
 STREAM_TRUNCATED: Final = "upstream_stream_truncated"
@@ -48,20 +41,20 @@ _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$")
 _DATA_URL_RE = re.compile(r"^data:([\w.+-]+/[\w.+-]+)((?:;[\w.+-]+=[\w.+-]+)*);base64,(.*)$", re.S)
 
 
-def unsupported(message: str) -> UpstreamFailureError:
+def unsupported(message: str) -> AttemptFailed:
     """The client's request cannot be sent to this provider: 400, no failover."""
-    return UpstreamFailureError(UpstreamFailure(400, UNSUPPORTED_REQUEST, message, False))
+    return AttemptFailed(AttemptFailure(400, UNSUPPORTED_REQUEST, message, False))
 
 
-def bad_response(message: str) -> UpstreamFailure:
+def bad_response(message: str) -> AttemptFailure:
     """The upstream's answer breaks its own protocol: 502, fail over."""
-    return UpstreamFailure(502, BAD_UPSTREAM_RESPONSE, message, True)
+    return AttemptFailure(502, BAD_UPSTREAM_RESPONSE, message, True)
 
 
-def stream_truncated() -> UpstreamFailureError:
+def stream_truncated() -> AttemptFailed:
     """The upstream's stream ended before the answer was complete: 502, fail over."""
-    return UpstreamFailureError(
-        UpstreamFailure(
+    return AttemptFailed(
+        AttemptFailure(
             502,
             STREAM_TRUNCATED,
             "the upstream's stream ended before the answer was complete",
@@ -350,9 +343,9 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         payload = json.loads(data)
     except ValueError:
-        raise UpstreamFailureError(bad_response(f"{what} is not JSON")) from None
+        raise AttemptFailed(bad_response(f"{what} is not JSON")) from None
     if not isinstance(payload, dict):
-        raise UpstreamFailureError(bad_response(f"{what} is not a JSON object"))
+        raise AttemptFailed(bad_response(f"{what} is not a JSON object"))
     return payload
 
 
@@ -378,12 +371,12 @@ def feed_sse(parser: SseParser, data: bytes, handle: EventHandler) -> list[bytes
     try:
         events = parser.feed(data)
     except SseProtocolError as err:
-        raise UpstreamFailureError(bad_response(str(err))) from None
+        raise AttemptFailed(bad_response(str(err))) from None
     frames: list[bytes] = []
     try:
         for event in events:
             handle(event.event, event.data, frames)
-    except UpstreamFailureError as err:
+    except AttemptFailed as err:
         err.frames = frames
         raise
     return frames
@@ -395,7 +388,7 @@ def flush_sse(parser: SseParser, handle: EventHandler) -> list[bytes]:
     try:
         for event in parser.flush():
             handle(event.event, event.data, frames)
-    except UpstreamFailureError as err:
+    except AttemptFailed as err:
         err.frames = frames
         raise
     return frames
@@ -591,5 +584,5 @@ class ChunkStreamTranslator(StreamTranslator):
         frames.append(DONE_FRAME)
         self.done = True
 
-    def truncated(self) -> UpstreamFailureError:
+    def truncated(self) -> AttemptFailed:
         return stream_truncated()

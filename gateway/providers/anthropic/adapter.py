@@ -12,18 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gateway.providers.adapter import ProviderAdapter, StreamTranslator, UpstreamRequest
 from gateway.providers.anthropic import translate
-from gateway.providers.base import (
-    CredentialStore,
-    ProviderAdapter,
-    Secret,
-    StreamTranslator,
-    UpstreamFailure,
-    UpstreamRequest,
-    Usage,
-    encode_body,
-)
 from gateway.providers.chat import check_model_name
+from gateway.providers.credentials import CredentialStore, Secret
+from gateway.providers.failures import AttemptFailure
+from gateway.providers.usage import Usage
+from gateway.providers.wire import encode_body
 from translator.registry import Endpoint
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
@@ -90,7 +85,7 @@ class AnthropicAdapter(ProviderAdapter):
 
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes
-    ) -> UpstreamFailure:
+    ) -> AttemptFailure:
         return translate.classify_error(status, headers, body, redact=self.redact)
 
     def stream_translator(self, body: Mapping[str, Any]) -> StreamTranslator:

@@ -23,14 +23,6 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from gateway.providers.base import (
-    MAX_ERROR_MESSAGE,
-    UpstreamFailure,
-    UpstreamFailureError,
-    Usage,
-    failure_for_status,
-    parse_retry_after,
-)
 from gateway.providers.chat import (
     ChunkStreamTranslator,
     ImagePart,
@@ -57,7 +49,15 @@ from gateway.providers.chat import (
     tool_choice,
     unsupported,
 )
+from gateway.providers.failures import (
+    MAX_ERROR_MESSAGE,
+    AttemptFailed,
+    AttemptFailure,
+    failure_for_status,
+    parse_retry_after,
+)
 from gateway.providers.sse import SseParser
+from gateway.providers.usage import Usage
 
 # What the official SDK sends today; the registry's `anthropic_version` overrides it.
 DEFAULT_VERSION: Final = "2026-10-21"
@@ -119,7 +119,7 @@ def build_request(
 ) -> dict[str, Any]:
     """The Messages API body for the client's OpenAI Chat Completions `body`.
 
-    Raises UpstreamFailureError (400, no failover) for what Anthropic cannot express.
+    Raises AttemptFailed (400, no failover) for what Anthropic cannot express.
     """
     single_choice(body)
     system, turns = system_and_turns(body)
@@ -269,10 +269,10 @@ def parse_message(
     """A 2xx non-streamed answer (a `message`) as a `chat.completion`."""
     message = json_answer(raw)
     if message.get("type") == "error":
-        raise UpstreamFailureError(error_event_failure(message, redact=redact))
+        raise AttemptFailed(error_event_failure(message, redact=redact))
     content = message.get("content")
     if message.get("type") != "message" or not isinstance(content, list):
-        raise UpstreamFailureError(bad_response("the upstream's answer is not a message"))
+        raise AttemptFailed(bad_response("the upstream's answer is not a message"))
     texts: list[str] = []
     calls: list[ToolCall] = []
     for block in content:
@@ -331,7 +331,7 @@ def failure_for(
     message: str | None,
     *,
     retry_after: float | None,
-) -> UpstreamFailure:
+) -> AttemptFailure:
     """Map an Anthropic error (HTTP status and error type) to the gateway's failure.
 
     Overloaded (529), API errors (500), timeouts, rate limits and refused
@@ -340,7 +340,7 @@ def failure_for(
     """
     text = (message or "").strip()[:MAX_ERROR_MESSAGE]
     if kind == "overloaded_error" or status == 529:
-        return UpstreamFailure(
+        return AttemptFailure(
             503,
             "upstream_overloaded",
             text or "the upstream is overloaded",
@@ -356,7 +356,7 @@ def failure_for(
         )
     if kind == "billing_error" or status == 402:
         # The gateway's account, not the client's request: another endpoint may serve it.
-        return UpstreamFailure(
+        return AttemptFailure(
             502,
             "upstream_billing_error",
             "the upstream refused the gateway's account (billing)",
@@ -365,7 +365,7 @@ def failure_for(
             status,
         )
     if kind == "timeout_error" or status == 504:
-        return UpstreamFailure(
+        return AttemptFailure(
             504,
             "upstream_timeout",
             text or "the upstream timed out",
@@ -375,9 +375,9 @@ def failure_for(
             timeout=True,
         )
     if kind == "invalid_request_error" and _CONTEXT_TOO_LONG.search(text):
-        return UpstreamFailure(400, "context_length_exceeded", text, False, None, status)
+        return AttemptFailure(400, "context_length_exceeded", text, False, None, status)
     if kind == "request_too_large" or status == 413:
-        return UpstreamFailure(
+        return AttemptFailure(
             413, "request_too_large", text or "the request is too large", False, None, status
         )
     return failure_for_status(status, message=text, code=kind, retry_after=retry_after)
@@ -385,7 +385,7 @@ def failure_for(
 
 def classify_error(
     status: int, headers: Mapping[str, str], body: bytes, *, redact: Callable[[str], str]
-) -> UpstreamFailure:
+) -> AttemptFailure:
     kind, message = error_details(body)
     return failure_for(
         status,
@@ -395,7 +395,7 @@ def classify_error(
     )
 
 
-def error_event_failure(payload: Any, *, redact: Callable[[str], str]) -> UpstreamFailure:
+def error_event_failure(payload: Any, *, redact: Callable[[str], str]) -> AttemptFailure:
     """The failure for an `error` event (or error object in a 2xx body)."""
     kind, message = _error_object(payload)
     status = ERROR_STATUS.get(kind or "", 500)
@@ -454,7 +454,7 @@ class AnthropicStreamTranslator(ChunkStreamTranslator):
             self.finish_with("stop", frames)
             self.end(frames)
         elif kind == "error":
-            raise UpstreamFailureError(error_event_failure(payload, redact=self.redact))
+            raise AttemptFailed(error_event_failure(payload, redact=self.redact))
         # ping, content_block_stop and event types added later carry nothing to forward.
 
     def _block_start(self, payload: Mapping[str, Any], frames: list[bytes]) -> None:
@@ -487,7 +487,7 @@ class AnthropicStreamTranslator(ChunkStreamTranslator):
         elif kind == "input_json_delta" and isinstance(delta.get("partial_json"), str):
             tool_index = self._tool_index.get(index) if isinstance(index, int) else None
             if tool_index is None:
-                raise UpstreamFailureError(
+                raise AttemptFailed(
                     bad_response("the upstream sent tool input for a block it did not start")
                 )
             self.tool_call_arguments(tool_index, delta["partial_json"], frames)

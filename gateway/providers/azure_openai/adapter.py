@@ -26,16 +26,14 @@ from urllib.parse import quote
 
 import aiohttp
 
-from gateway.providers.base import (
+from gateway.errors import ProviderConfigError
+from gateway.providers.adapter import UpstreamRequest
+from gateway.providers.credentials import CredentialStore, Secret, redact_values
+from gateway.providers.failures import (
     MAX_ERROR_MESSAGE,
-    CredentialStore,
-    ProviderConfigError,
-    Secret,
-    UpstreamFailure,
-    UpstreamFailureError,
-    UpstreamRequest,
+    AttemptFailed,
+    AttemptFailure,
     failure_for_status,
-    redact_values,
 )
 from gateway.providers.openai_compatible import translate
 from gateway.providers.openai_compatible.adapter import OpenAICompatibleAdapter
@@ -193,8 +191,8 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
             try:
                 self._entra_token = await self.entra.token()
             except EntraTokenError as err:
-                raise UpstreamFailureError(
-                    UpstreamFailure(502, "upstream_auth_failed", self.redact(str(err)), True)
+                raise AttemptFailed(
+                    AttemptFailure(502, "upstream_auth_failed", self.redact(str(err)), True)
                 ) from None
         return await super().prepare(body, stream=stream)
 
@@ -204,7 +202,7 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
 
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes
-    ) -> UpstreamFailure:
+    ) -> AttemptFailure:
         return classify_azure_error(status, headers, body, redact=self.redact)
 
     def redact(self, text: str) -> str:
@@ -226,7 +224,7 @@ def _filtered_categories(error: Mapping[str, Any]) -> list[str]:
 
 def classify_azure_error(
     status: int, headers: Mapping[str, str], body: bytes, *, redact: Callable[[str], str]
-) -> UpstreamFailure:
+) -> AttemptFailure:
     """Azure's errors: the OpenAI shape, with Azure's codes and content filter results."""
     try:
         parsed = json.loads(body)
@@ -243,7 +241,7 @@ def classify_azure_error(
         ):
             categories = _filtered_categories(error)
             detail = f" (filtered: {', '.join(categories)})" if categories else ""
-            return UpstreamFailure(
+            return AttemptFailure(
                 400,
                 "content_filter",
                 f"Azure OpenAI's content filter rejected the prompt{detail}",
@@ -253,7 +251,7 @@ def classify_azure_error(
             )
         if code == "DeploymentNotFound" or (status == 404 and code == "404"):
             # The registry names a deployment the resource does not have.
-            return UpstreamFailure(
+            return AttemptFailure(
                 502,
                 "upstream_deployment_not_found",
                 text or "the Azure OpenAI deployment does not exist",

@@ -30,21 +30,15 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
 from yarl import URL
 
-from gateway.providers.base import (
-    CredentialStore,
-    ProviderAdapter,
-    ProviderConfigError,
-    StreamTranslator,
-    UpstreamFailure,
-    UpstreamFailureError,
-    UpstreamRequest,
-    Usage,
-    encode_body,
-    header,
-    redact_values,
-)
+from gateway.errors import ProviderConfigError
+from gateway.providers.adapter import ProviderAdapter, StreamTranslator, UpstreamRequest
 from gateway.providers.bedrock import translate
+from gateway.providers.chat import unsupported
+from gateway.providers.credentials import CredentialStore, redact_values
+from gateway.providers.failures import AttemptFailed, AttemptFailure, header
 from gateway.providers.refresh import Refreshing
+from gateway.providers.usage import Usage
+from gateway.providers.wire import encode_body
 from translator.registry import Endpoint
 
 SIGNING_NAME = "bedrock"
@@ -189,8 +183,8 @@ class BedrockAdapter(ProviderAdapter):
         try:
             creds = await self.aws.get()
         except AwsCredentialError as err:
-            raise UpstreamFailureError(
-                UpstreamFailure(502, "upstream_auth_failed", self.redact(str(err)), True)
+            raise AttemptFailed(
+                AttemptFailure(502, "upstream_auth_failed", self.redact(str(err)), True)
             ) from None
         if creds is not self._current:
             self._current = creds
@@ -200,13 +194,8 @@ class BedrockAdapter(ProviderAdapter):
     async def prepare(self, body: Mapping[str, Any], *, stream: bool) -> UpstreamRequest:
         model = self.upstream_model(body)
         if not model:
-            raise translate.invalid_request(
-                "no model: the endpoint names none and the request gives none"
-            )
-        try:
-            payload = encode_body(translate.build_converse_request(body))
-        except translate.RequestError as err:
-            raise translate.invalid_request(str(err)) from None
+            raise unsupported("no model: the endpoint names none and the request gives none")
+        payload = encode_body(translate.build_converse_request(body))
         creds = await self._credentials()
         url = self.url(model, stream=stream)
         request = AWSRequest(
@@ -232,7 +221,7 @@ class BedrockAdapter(ProviderAdapter):
 
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes
-    ) -> UpstreamFailure:
+    ) -> AttemptFailure:
         return translate.classify_error(status, headers, body, redact=self.redact)
 
     def stream_translator(self, body: Mapping[str, Any]) -> StreamTranslator:

@@ -20,21 +20,12 @@ events mid-stream, are classified for the client and for failover.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from gateway.providers.base import (
-    MAX_ERROR_MESSAGE,
-    UpstreamFailure,
-    UpstreamFailureError,
-    Usage,
-    header,
-    parse_retry_after,
-)
 from gateway.providers.bedrock.eventstream import (
     EventStreamDecoder,
     EventStreamError,
@@ -42,12 +33,35 @@ from gateway.providers.bedrock.eventstream import (
 )
 from gateway.providers.chat import (
     ChunkStreamTranslator,
+    ImagePart,
+    Part,
+    TextPart,
     ToolCall,
     bad_response,
     completion,
+    content_parts,
     count,
+    function_tools,
     json_event,
+    json_schema_format,
+    max_output_tokens,
+    number,
+    single_choice,
+    stop_sequences,
+    system_and_turns,
+    text_of,
+    tool_calls_of,
+    tool_choice,
+    unsupported,
 )
+from gateway.providers.failures import (
+    MAX_ERROR_MESSAGE,
+    AttemptFailed,
+    AttemptFailure,
+    header,
+    parse_retry_after,
+)
+from gateway.providers.usage import Usage
 
 # Converse stopReason -> OpenAI finish_reason.
 FINISH_REASONS: Final[Mapping[str, str]] = {
@@ -63,7 +77,6 @@ FINISH_REASONS: Final[Mapping[str, str]] = {
 }
 
 IMAGE_FORMATS: Final = ("png", "jpeg", "gif", "webp")
-_DATA_URL = re.compile(r"^data:image/([a-zA-Z0-9.+-]+);base64,(.*)$", re.DOTALL)
 
 # OpenAI options without a Converse equivalent that change nothing about the
 # answer's shape: left out.
@@ -98,266 +111,130 @@ _CONTEXT_TOO_LONG = re.compile(
 CONTEXT_LENGTH_EXCEEDED: Final = "context_length_exceeded"
 
 
-class RequestError(ValueError):
-    """The client's body cannot be expressed as a Converse request (a 400)."""
-
-
-def invalid_request(message: str) -> UpstreamFailureError:
-    """A client error found before sending: 400, and no failover (the request is at fault)."""
-    return UpstreamFailureError(UpstreamFailure(400, "invalid_request", message, False))
-
-
 # ---------------------------------------------------------------------------
-# Requests
+# Requests: the shared reader of the OpenAI request (providers/chat.py), written
+# as Converse blocks.
 
 
 def build_converse_request(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The Converse request body (everything but `modelId`, which is in the URL)."""
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise RequestError("Bedrock returns one choice: 'n' must be 1")
+    """The Converse request body (everything but `modelId`, which is in the URL).
+
+    Raises AttemptFailed (400 `unsupported_request`, no failover) for what
+    Converse cannot express.
+    """
+    single_choice(body)
     if body.get("logprobs"):
-        raise RequestError("Bedrock does not return log probabilities: 'logprobs' is unsupported")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty list")
-    system, turns = _messages(messages)
-    request: dict[str, Any] = {"messages": turns}
+        raise unsupported("Bedrock does not return log probabilities: 'logprobs' is unsupported")
+    system, turns = system_and_turns(body)
+    converse_turns = _turns(turns)
+    request: dict[str, Any] = {"messages": converse_turns}
     if system:
-        request["system"] = system
-    inference = _inference_config(body)
+        request["system"] = [{"text": text} for text in system]
+    inference: dict[str, Any] = {}
+    if (max_tokens := max_output_tokens(body)) is not None:
+        inference["maxTokens"] = max_tokens
+    if (temperature := number(body, "temperature")) is not None:
+        inference["temperature"] = temperature
+    if (top_p := number(body, "top_p")) is not None:
+        inference["topP"] = top_p
+    if stops := stop_sequences(body):
+        inference["stopSequences"] = stops
     if inference:
         request["inferenceConfig"] = inference
-    tool_config = _tool_config(body, turns)
+    tool_config = _tool_config(body, converse_turns)
     if tool_config is not None:
         request["toolConfig"] = tool_config
-    output_config = _output_config(body.get("response_format"))
+    output_config = _output_config(body)
     if output_config is not None:
         request["outputConfig"] = output_config
     return request
 
 
-def _text_of(content: Any, where: str) -> str:
-    """The text of a system/tool message's content (a string or text parts)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts: list[str] = []
-        for part in content:
-            if not isinstance(part, Mapping) or part.get("type") != "text":
-                raise RequestError(f"{where} content may only hold text parts")
-            texts.append(str(part.get("text", "")))
-        return "".join(texts)
-    raise RequestError(f"{where} content must be a string or a list of parts")
-
-
-def _image_block(part: Mapping[str, Any]) -> dict[str, Any]:
-    image_url = part.get("image_url")
-    url = image_url.get("url") if isinstance(image_url, Mapping) else image_url
-    if not isinstance(url, str):
-        raise RequestError("an image_url part needs a 'url'")
-    match = _DATA_URL.match(url)
-    if match is None:
+def _image_block(part: ImagePart) -> dict[str, Any]:
+    if part.data is None:
         # The gateway never fetches URLs on a client's behalf.
-        raise RequestError("Bedrock takes images only as base64 data URLs (data:image/...)")
-    fmt = match.group(1).lower()
+        raise unsupported("Bedrock takes images only as base64 data URLs (data:image/...)")
+    fmt = (part.media_type or "").removeprefix("image/")
     if fmt == "jpg":
         fmt = "jpeg"
     if fmt not in IMAGE_FORMATS:
-        raise RequestError(f"Bedrock takes images as {', '.join(IMAGE_FORMATS)}, not '{fmt}'")
-    data = match.group(2).strip()
-    try:
-        base64.b64decode(data, validate=True)
-    except ValueError:  # binascii.Error, or non-ASCII text
-        raise RequestError("an image data URL is not valid base64") from None
+        raise unsupported(f"Bedrock takes images as {', '.join(IMAGE_FORMATS)}, not '{fmt}'")
     # Blobs travel base64-encoded in Bedrock's JSON protocol.
-    return {"image": {"format": fmt, "source": {"bytes": data}}}
+    return {"image": {"format": fmt, "source": {"bytes": part.data}}}
 
 
-def _user_blocks(content: Any) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    if not isinstance(content, list):
-        raise RequestError("user content must be a string or a list of parts")
-    blocks: list[dict[str, Any]] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, Mapping) else None
-        if kind == "text":
-            text = str(part.get("text", ""))
-            if text:
-                blocks.append({"text": text})
-        elif kind == "image_url":
-            blocks.append(_image_block(part))
-        else:
-            raise RequestError(f"Bedrock does not take '{kind}' content parts")
-    return blocks
+def _block(part: Part) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"text": part.text}
+    return _image_block(part)
 
 
-def _arguments(raw: Any) -> Any:
-    if isinstance(raw, Mapping):
-        return dict(raw)
-    if raw is None or raw == "":
-        return {}
-    if not isinstance(raw, str):
-        raise RequestError("tool call arguments must be a JSON string")
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise RequestError("tool call arguments must be valid JSON") from None
+def _tool_use(call: ToolCall) -> dict[str, Any]:
+    return {"toolUse": {"toolUseId": call.id, "name": call.name, "input": call.arguments}}
 
 
-def _assistant_blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    content = message.get("content")
-    if isinstance(content, str):
-        if content.strip():
-            blocks.append({"text": content})
-    elif isinstance(content, list):
-        text = "".join(
-            str(p.get("text", ""))
-            for p in content
-            if isinstance(p, Mapping) and p.get("type") in ("text", "output_text")
-        )
-        if text.strip():
-            blocks.append({"text": text})
-    elif content is not None:
-        raise RequestError("assistant content must be a string or a list of parts")
-    for call in message.get("tool_calls") or ():
-        if not isinstance(call, Mapping):
-            raise RequestError("'tool_calls' must hold objects")
-        function = call.get("function")
-        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
-            raise RequestError("a tool call needs a function name")
-        call_id = call.get("id")
-        if not isinstance(call_id, str) or not call_id:
-            raise RequestError("a tool call needs an 'id'")
-        blocks.append(
-            {
-                "toolUse": {
-                    "toolUseId": call_id,
-                    "name": function["name"],
-                    "input": _arguments(function.get("arguments")),
-                }
-            }
-        )
-    return blocks
-
-
-def _tool_result_block(message: Mapping[str, Any]) -> dict[str, Any]:
-    call_id = message.get("tool_call_id")
-    if not isinstance(call_id, str) or not call_id:
-        raise RequestError("a tool message needs a 'tool_call_id'")
-    text = _text_of(message.get("content"), "tool message")
-    return {"toolResult": {"toolUseId": call_id, "content": [{"text": text or "(empty)"}]}}
-
-
-def _messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-    for message in messages:
-        if not isinstance(message, Mapping):
-            raise RequestError("every message must be an object")
-        role = message.get("role")
-        if role in ("system", "developer"):
-            text = _text_of(message.get("content"), f"{role} message")
-            if text:
-                system.append({"text": text})
-            continue
+def _turns(turns: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Converse turns: they alternate, so consecutive messages of a role fold
+    into one turn, and tool results lead their turn."""
+    out: list[dict[str, Any]] = []
+    for message in turns:
+        role = message["role"]
         if role == "user":
-            bedrock_role, blocks = "user", _user_blocks(message.get("content"))
+            bedrock_role = "user"
+            blocks = [_block(p) for p in content_parts(message.get("content"), role="user")]
         elif role == "assistant":
-            bedrock_role, blocks = "assistant", _assistant_blocks(message)
-        elif role == "tool":
-            bedrock_role, blocks = "user", [_tool_result_block(message)]
-        else:
-            raise RequestError(f"Bedrock does not take messages of role '{role}'")
+            bedrock_role = "assistant"
+            parts = content_parts(message.get("content"), role="assistant")
+            blocks = [_block(p) for p in parts if not _blank(p)]
+            blocks += [_tool_use(call) for call in tool_calls_of(message)]
+        else:  # tool
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise unsupported("a tool message needs a 'tool_call_id'")
+            text = text_of(message.get("content"), role="tool")
+            bedrock_role = "user"
+            blocks = [
+                {"toolResult": {"toolUseId": call_id, "content": [{"text": text or "(empty)"}]}}
+            ]
         if not blocks:
             continue
-        if turns and turns[-1]["role"] == bedrock_role:
-            # Converse turns alternate: fold this message into the previous turn.
-            previous = turns[-1]["content"]
-            if bedrock_role == "user" and "toolResult" in blocks[0]:
-                # Tool results lead their turn, before any text the user adds.
+        if out and out[-1]["role"] == bedrock_role:
+            previous = out[-1]["content"]
+            if "toolResult" in blocks[0]:
                 results = [b for b in previous if "toolResult" in b]
                 others = [b for b in previous if "toolResult" not in b]
-                turns[-1]["content"] = [*results, *blocks, *others]
+                out[-1]["content"] = [*results, *blocks, *others]
             else:
                 previous.extend(blocks)
         else:
-            turns.append({"role": bedrock_role, "content": blocks})
-    if not turns:
-        raise RequestError("the conversation has no user or assistant message with content")
-    return system, turns
+            out.append({"role": bedrock_role, "content": blocks})
+    if not out:
+        raise unsupported("the conversation has no user or assistant message with content")
+    return out
 
 
-def _number(body: Mapping[str, Any], key: str) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RequestError(f"'{key}' must be a number")
-    return value
-
-
-def _inference_config(body: Mapping[str, Any]) -> dict[str, Any]:
-    config: dict[str, Any] = {}
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None:
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise RequestError("'max_tokens' must be a positive integer")
-        config["maxTokens"] = max_tokens
-    if (temperature := _number(body, "temperature")) is not None:
-        config["temperature"] = temperature
-    if (top_p := _number(body, "top_p")) is not None:
-        config["topP"] = top_p
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        config["stopSequences"] = [stop]
-    elif isinstance(stop, list) and stop:
-        if not all(isinstance(s, str) for s in stop):
-            raise RequestError("'stop' must be a string or a list of strings")
-        config["stopSequences"] = list(stop)
-    elif stop is not None and stop != []:
-        raise RequestError("'stop' must be a string or a list of strings")
-    return config
+def _blank(part: Part) -> bool:
+    # Converse refuses blank text blocks; assistants often send "" with tool calls.
+    return isinstance(part, TextPart) and not part.text.strip()
 
 
 def _tool_config(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> dict[str, Any] | None:
-    tools = body.get("tools")
-    choice = body.get("tool_choice")
+    tools = function_tools(body)
     if not tools:
         return None
-    if not isinstance(tools, list):
-        raise RequestError("'tools' must be a list")
     specs: list[dict[str, Any]] = []
     for tool in tools:
-        function = tool.get("function") if isinstance(tool, Mapping) else None
-        if not isinstance(tool, Mapping) or tool.get("type") != "function":
-            raise RequestError("Bedrock takes only 'function' tools")
-        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
-            raise RequestError("a function tool needs a name")
-        parameters = function.get("parameters")
-        spec: dict[str, Any] = {
-            "name": function["name"],
-            "inputSchema": {
-                "json": dict(parameters)
-                if isinstance(parameters, Mapping)
-                else {"type": "object", "properties": {}}
-            },
-        }
-        if isinstance(function.get("description"), str) and function["description"]:
-            spec["description"] = function["description"]
+        spec: dict[str, Any] = {"name": tool.name, "inputSchema": {"json": tool.parameters}}
+        if tool.description:
+            spec["description"] = tool.description
         specs.append({"toolSpec": spec})
     config: dict[str, Any] = {"tools": specs}
-    if choice is None or choice == "auto":
+    choice = tool_choice(body)
+    if choice is None or choice[0] == "auto":
         config["toolChoice"] = {"auto": {}}
-    elif choice == "required":
+    elif choice[0] == "required":
         config["toolChoice"] = {"any": {}}
-    elif choice == "none":
+    elif choice[0] == "none":
         # Converse has no "none": without tool blocks in the conversation the
         # tools are left out; with them Converse needs the tool definitions.
         uses_tools = any(
@@ -366,32 +243,29 @@ def _tool_config(body: Mapping[str, Any], turns: list[dict[str, Any]]) -> dict[s
             for block in turn["content"]
         )
         return {"tools": specs} if uses_tools else None
-    elif isinstance(choice, Mapping) and isinstance(choice.get("function"), Mapping):
-        name = choice["function"].get("name")
-        if not isinstance(name, str):
-            raise RequestError("'tool_choice.function.name' must be a string")
-        config["toolChoice"] = {"tool": {"name": name}}
     else:
-        raise RequestError("unsupported 'tool_choice'")
+        config["toolChoice"] = {"tool": {"name": choice[1]}}
     return config
 
 
-def _output_config(response_format: Any) -> dict[str, Any] | None:
-    if response_format is None:
+def _output_config(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    fmt = body.get("response_format")
+    if fmt is None:
         return None
-    kind = response_format.get("type") if isinstance(response_format, Mapping) else None
+    kind = fmt.get("type") if isinstance(fmt, Mapping) else None
     if kind == "text":
         return None
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        if not isinstance(spec, Mapping) or not isinstance(spec.get("schema"), Mapping):
-            raise RequestError("'response_format.json_schema.schema' must be an object")
-        schema: dict[str, Any] = {"schema": json.dumps(spec["schema"], separators=(",", ":"))}
-        for key in ("name", "description"):
-            if isinstance(spec.get(key), str):
-                schema[key] = spec[key]
-        return {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": schema}}}
-    raise RequestError(f"Bedrock does not support response_format type '{kind}'; use json_schema")
+    wants_json, schema = json_schema_format(body)
+    if not wants_json or schema is None:
+        raise unsupported(
+            f"Bedrock does not support response_format type '{kind}'; use json_schema"
+        )
+    spec = fmt["json_schema"]
+    structure: dict[str, Any] = {"schema": json.dumps(schema, separators=(",", ":"))}
+    for key in ("name", "description"):
+        if isinstance(spec.get(key), str):
+            structure[key] = spec[key]
+    return {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": structure}}}
 
 
 # ---------------------------------------------------------------------------
@@ -429,12 +303,12 @@ def parse_converse(
     try:
         answer = json.loads(raw)
     except ValueError:
-        raise UpstreamFailureError(bad_response("the upstream's answer is not JSON")) from None
+        raise AttemptFailed(bad_response("the upstream's answer is not JSON")) from None
     output = answer.get("output") if isinstance(answer, dict) else None
     message = output.get("message") if isinstance(output, dict) else None
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, list):
-        raise UpstreamFailureError(
+        raise AttemptFailed(
             bad_response("the upstream's answer is not a Converse response (no output.message)")
         )
     texts: list[str] = []
@@ -511,14 +385,14 @@ def classify(
     *,
     status: int | None,
     retry_after: float | None = None,
-) -> UpstreamFailure:
+) -> AttemptFailure:
     """The gateway's failure for an AWS error type (HTTP answers and stream exceptions)."""
     name = (kind or "").lower()
     text = (message or "").strip()[:MAX_ERROR_MESSAGE]
     if name.endswith("exception"):
         name = name[: -len("exception")]
     if name in {"throttling", "servicequotaexceeded"}:
-        return UpstreamFailure(
+        return AttemptFailure(
             429,
             "rate_limit_exceeded",
             text or "Bedrock is throttling requests",
@@ -528,18 +402,18 @@ def classify(
         )
     if name in ("serviceunavailable", "modelnotready"):
         code = "model_not_ready" if name == "modelnotready" else "overloaded"
-        return UpstreamFailure(
+        return AttemptFailure(
             503, code, text or "Bedrock is unavailable", True, retry_after, status
         )
     if name == "modeltimeout":
-        return UpstreamFailure(
+        return AttemptFailure(
             504, "model_timeout", text or "the model timed out", True, None, status, timeout=True
         )
     if name in ("internalserver", "modelerror", "modelstreamerror"):
         code = {"internalserver": "upstream_error", "modelerror": "model_error"}.get(
             name, "model_stream_error"
         )
-        return UpstreamFailure(502, code, text or "the model failed", True, retry_after, status)
+        return AttemptFailure(502, code, text or "the model failed", True, retry_after, status)
     if name in (
         "accessdenied",
         "unrecognizedclient",
@@ -551,7 +425,7 @@ def classify(
     ):
         # The gateway's AWS identity was refused: the operator's problem; another
         # endpoint (with its own identity) may serve the request.
-        return UpstreamFailure(
+        return AttemptFailure(
             502,
             "upstream_auth_failed",
             f"Bedrock refused the gateway's AWS credentials ({kind})",
@@ -560,7 +434,7 @@ def classify(
             status,
         )
     if name == "resourcenotfound":
-        return UpstreamFailure(
+        return AttemptFailure(
             502,
             "upstream_model_not_found",
             text or "the model is not available on this Bedrock endpoint",
@@ -570,12 +444,12 @@ def classify(
         )
     if name == "validation":
         if _CONTEXT_TOO_LONG.search(text):
-            return UpstreamFailure(400, CONTEXT_LENGTH_EXCEEDED, text, False, None, status)
-        return UpstreamFailure(
+            return AttemptFailure(400, CONTEXT_LENGTH_EXCEEDED, text, False, None, status)
+        return AttemptFailure(
             400, "invalid_request", text or "Bedrock rejected the request", False, None, status
         )
     if status is not None and 400 <= status < 500 and status not in (401, 403, 408, 429):
-        return UpstreamFailure(
+        return AttemptFailure(
             status,
             "upstream_bad_request",
             text or f"Bedrock rejected the request ({kind})",
@@ -583,7 +457,7 @@ def classify(
             None,
             status,
         )
-    return UpstreamFailure(
+    return AttemptFailure(
         502,
         "upstream_error",
         text or f"Bedrock failed ({kind or f'HTTP {status}'})",
@@ -595,7 +469,7 @@ def classify(
 
 def classify_error(
     status: int, headers: Mapping[str, str], body: bytes, *, redact: Callable[[str], str]
-) -> UpstreamFailure:
+) -> AttemptFailure:
     kind, message = error_details(headers, body)
     if message is not None:
         message = redact(message)
@@ -624,7 +498,7 @@ class ConverseStreamTranslator(ChunkStreamTranslator):
     `contentBlockDelta`, the finish reason at `messageStop`, the usage of the
     `metadata` event when it asked for one (`stream_options.include_usage`),
     and `[DONE]` when the upstream ends. An exception event raises
-    UpstreamFailureError.
+    AttemptFailed.
     """
 
     def __init__(
@@ -639,12 +513,12 @@ class ConverseStreamTranslator(ChunkStreamTranslator):
         try:
             messages = self._decoder.feed(data)
         except EventStreamError as err:
-            raise UpstreamFailureError(bad_response(f"malformed Bedrock stream: {err}")) from None
+            raise AttemptFailed(bad_response(f"malformed Bedrock stream: {err}")) from None
         frames: list[bytes] = []
         try:
             for message in messages:
                 self._message(message, frames)
-        except UpstreamFailureError as err:
+        except AttemptFailed as err:
             err.frames = frames
             raise
         return frames
@@ -669,13 +543,11 @@ class ConverseStreamTranslator(ChunkStreamTranslator):
                 payload = {}
             if isinstance(payload, dict) and isinstance(payload.get("message"), str):
                 text = self.redact(payload["message"])
-            raise UpstreamFailureError(classify(exception, text, status=None))
+            raise AttemptFailed(classify(exception, text, status=None))
         if kind == "error":
             code = message.header(":error-code")
             text = message.header(":error-message")
-            raise UpstreamFailureError(
-                classify(code, self.redact(text) if text else None, status=None)
-            )
+            raise AttemptFailed(classify(code, self.redact(text) if text else None, status=None))
         if kind != "event":
             return  # unknown message types are ignored, as AWS SDKs do
         event = message.header(":event-type")
@@ -714,7 +586,7 @@ class ConverseStreamTranslator(ChunkStreamTranslator):
         if isinstance(use, dict) and isinstance(use.get("input"), str):
             index = self._tool_index.get(count(payload.get("contentBlockIndex")))
             if index is None:
-                raise UpstreamFailureError(
+                raise AttemptFailed(
                     bad_response("the upstream sent tool input for a block it did not start")
                 )
             self.tool_call_arguments(index, use["input"], frames)

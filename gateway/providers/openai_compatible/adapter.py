@@ -13,18 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.providers.base import (
-    CredentialStore,
-    ProviderAdapter,
-    ProviderConfigError,
-    Secret,
-    StreamTranslator,
-    UpstreamFailure,
-    UpstreamRequest,
-    Usage,
-    encode_body,
-)
+from gateway.errors import ProviderConfigError
+from gateway.providers.adapter import ProviderAdapter, StreamTranslator, UpstreamRequest
+from gateway.providers.credentials import CredentialStore, Secret
+from gateway.providers.failures import AttemptFailure
 from gateway.providers.openai_compatible import translate
+from gateway.providers.usage import Usage
+from gateway.providers.wire import encode_body
 from translator.registry import Endpoint
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -92,7 +87,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
 
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes
-    ) -> UpstreamFailure:
+    ) -> AttemptFailure:
         return translate.classify_server_error(
             self.flavor, status, headers, body, redact=self.redact
         )

@@ -16,19 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.providers.base import (
-    BAD_UPSTREAM_RESPONSE,
-    DONE_FRAME,
-    MAX_ERROR_MESSAGE,
-    UPSTREAM_STREAM_ERROR,
-    StreamTranslator,
-    UpstreamFailure,
-    UpstreamFailureError,
-    Usage,
-    estimate_prompt_tokens,
-    failure_for_status,
-    parse_retry_after,
-)
+from gateway.providers.adapter import StreamTranslator
 from gateway.providers.chat import (
     bad_response,
     client_wants_usage,
@@ -39,7 +27,18 @@ from gateway.providers.chat import (
     stream_truncated,
     usage_chunk,
 )
+from gateway.providers.failures import (
+    BAD_UPSTREAM_RESPONSE,
+    MAX_ERROR_MESSAGE,
+    UPSTREAM_STREAM_ERROR,
+    AttemptFailed,
+    AttemptFailure,
+    failure_for_status,
+    parse_retry_after,
+)
 from gateway.providers.sse import SseParser
+from gateway.providers.usage import Usage, estimate_prompt_tokens
+from gateway.providers.wire import DONE_FRAME
 
 _DONE = b"[DONE]"
 
@@ -96,9 +95,9 @@ def parse_completion(raw: bytes) -> tuple[dict[str, Any], Usage | None]:
     """A 2xx non-streamed answer: the `chat.completion` object and its usage."""
     completion = json_answer(raw)
     if "error" in completion and "choices" not in completion:
-        raise UpstreamFailureError(_error_object_failure(completion["error"], 502))
+        raise AttemptFailed(_error_object_failure(completion["error"], 502))
     if not isinstance(completion.get("choices"), list):
-        raise UpstreamFailureError(
+        raise AttemptFailed(
             bad_response("the upstream's answer is not a chat completion (no 'choices')")
         )
     _stringify_tool_arguments(completion["choices"])
@@ -149,7 +148,7 @@ def error_details(body: bytes) -> tuple[str | None, str | None]:
 
 def classify_error(
     status: int, headers: Mapping[str, str], body: bytes, *, redact: Callable[[str], str]
-) -> UpstreamFailure:
+) -> AttemptFailure:
     """Classify a non-2xx answer of an OpenAI-compatible server."""
     message, code = error_details(body)
     if message is not None:
@@ -179,7 +178,7 @@ def classify_server_error(
     body: bytes,
     *,
     redact: Callable[[str], str],
-) -> UpstreamFailure:
+) -> AttemptFailure:
     """classify_error, plus what differs between the self-hosted servers.
 
     - A prompt longer than the model's context is `context_length_exceeded`
@@ -190,17 +189,17 @@ def classify_server_error(
     """
     failure = classify_error(status, headers, body, redact=redact)
     if flavor == "tgi" and status == 424:
-        return UpstreamFailure(
+        return AttemptFailure(
             502, "upstream_generation_failed", failure.message, True, None, status
         )
     if status in (400, 413, 422) and _CONTEXT_TOO_LONG.search(failure.message):
-        return UpstreamFailure(400, CONTEXT_LENGTH_EXCEEDED, failure.message, False, None, status)
+        return AttemptFailure(400, CONTEXT_LENGTH_EXCEEDED, failure.message, False, None, status)
     if flavor == "tgi" and status == 422:
-        return UpstreamFailure(400, failure.code, failure.message, False, None, status)
+        return AttemptFailure(400, failure.code, failure.message, False, None, status)
     return failure
 
 
-def _error_object_failure(error: Any, status: int) -> UpstreamFailure:
+def _error_object_failure(error: Any, status: int) -> AttemptFailure:
     message: str | None = None
     code: str | None = None
     if isinstance(error, str):
@@ -210,7 +209,7 @@ def _error_object_failure(error: Any, status: int) -> UpstreamFailure:
             message = error["message"]
         if isinstance(error.get("code"), str):
             code = error["code"]
-    return UpstreamFailure(
+    return AttemptFailure(
         status,
         code or UPSTREAM_STREAM_ERROR,
         (message or "the upstream reported an error")[:MAX_ERROR_MESSAGE],
@@ -279,7 +278,7 @@ class OpenAIStreamTranslator(StreamTranslator):
         for event in self._parser.flush():
             try:
                 self._event(event.event, event.data, frames)
-            except UpstreamFailureError as err:
+            except AttemptFailed as err:
                 # An event cut off by the end of the stream is discarded (as
                 # the SSE specification says); the check below reports it.
                 if err.failure.code != BAD_UPSTREAM_RESPONSE:
@@ -303,8 +302,8 @@ class OpenAIStreamTranslator(StreamTranslator):
         chunk = json_event(payload)
         if name == "error" or ("error" in chunk and "choices" not in chunk):
             failure = _error_object_failure(chunk.get("error", chunk), 502)
-            raise UpstreamFailureError(
-                UpstreamFailure(
+            raise AttemptFailed(
+                AttemptFailure(
                     failure.status_for_client,
                     failure.code,
                     self._redact(failure.message),

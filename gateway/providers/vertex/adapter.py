@@ -24,21 +24,17 @@ from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import quote
 
+from gateway.errors import ProviderConfigError
+from gateway.providers.adapter import ProviderAdapter, StreamTranslator, UpstreamRequest
 from gateway.providers.anthropic import translate as anthropic_translate
 from gateway.providers.anthropic.adapter import AnthropicAdapter
-from gateway.providers.base import (
-    CredentialStore,
-    ProviderAdapter,
-    ProviderConfigError,
-    StreamTranslator,
-    UpstreamFailure,
-    UpstreamRequest,
-    Usage,
-    encode_body,
-)
 from gateway.providers.chat import check_model_name
+from gateway.providers.credentials import CredentialStore
+from gateway.providers.failures import AttemptFailure
+from gateway.providers.usage import Usage
 from gateway.providers.vertex import gemini
 from gateway.providers.vertex.auth import AccessTokens, load_service_account
+from gateway.providers.wire import encode_body
 from translator.registry import Endpoint
 
 # Project ids (and domain-scoped ones, `example.com:project`) or numbers; regions.
@@ -116,7 +112,7 @@ class VertexGeminiAdapter(ProviderAdapter):
 
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes
-    ) -> UpstreamFailure:
+    ) -> AttemptFailure:
         return gemini.classify_error(status, headers, body, redact=self.redact)
 
     def stream_translator(self, body: Mapping[str, Any]) -> StreamTranslator:
@@ -155,7 +151,7 @@ class VertexAnthropicAdapter(AnthropicAdapter):
 
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes
-    ) -> UpstreamFailure:
+    ) -> AttemptFailure:
         # Claude's own errors are Anthropic-shaped; Vertex's front end (quota,
         # auth, unknown model) answers in Google's shape.
         kind, _ = anthropic_translate.error_details(body)

@@ -22,12 +22,9 @@ import google.auth.transport.requests
 import requests
 from google.oauth2 import service_account
 
-from gateway.providers.base import (
-    ProviderConfigError,
-    UpstreamFailure,
-    UpstreamFailureError,
-    redact_values,
-)
+from gateway.errors import ProviderConfigError
+from gateway.providers.credentials import redact_values
+from gateway.providers.failures import AttemptFailed, AttemptFailure
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +130,7 @@ class AccessTokens:
     async def token(self) -> str:
         """The current token, refreshed first when it is missing or about to expire.
 
-        Raises UpstreamFailureError (502, fail over) when no token can be had.
+        Raises AttemptFailed (502, fail over) when no token can be had.
         """
         if (token := self._fresh()) is not None:
             return token
@@ -149,8 +146,8 @@ class AccessTokens:
                     self._credentials.service_account_email,
                     type(err).__name__,
                 )
-                raise UpstreamFailureError(
-                    UpstreamFailure(
+                raise AttemptFailed(
+                    AttemptFailure(
                         502,
                         TOKEN_UNAVAILABLE,
                         "the gateway could not obtain an access token for the upstream",
@@ -160,8 +157,8 @@ class AccessTokens:
             self.refreshes += 1
             token = self._credentials.token
             if not token:
-                raise UpstreamFailureError(
-                    UpstreamFailure(
+                raise AttemptFailed(
+                    AttemptFailure(
                         502, TOKEN_UNAVAILABLE, "the token endpoint issued no access token", True
                     )
                 )

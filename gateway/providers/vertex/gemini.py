@@ -30,14 +30,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from gateway.providers.base import (
-    MAX_ERROR_MESSAGE,
-    UpstreamFailure,
-    UpstreamFailureError,
-    Usage,
-    failure_for_status,
-    parse_retry_after,
-)
 from gateway.providers.chat import (
     ChunkStreamTranslator,
     ImagePart,
@@ -64,7 +56,15 @@ from gateway.providers.chat import (
     tool_choice,
     unsupported,
 )
+from gateway.providers.failures import (
+    MAX_ERROR_MESSAGE,
+    AttemptFailed,
+    AttemptFailure,
+    failure_for_status,
+    parse_retry_after,
+)
 from gateway.providers.sse import SseParser
+from gateway.providers.usage import Usage
 
 FILTERED: Final = frozenset(
     {
@@ -107,7 +107,7 @@ def signature_of(call_id: str) -> str | None:
 def build_request(body: Mapping[str, Any], *, max_tokens_default: int | None) -> dict[str, Any]:
     """The `generateContent` body for the client's OpenAI Chat Completions `body`.
 
-    Raises UpstreamFailureError (400, no failover) for what Gemini cannot express.
+    Raises AttemptFailed (400, no failover) for what Gemini cannot express.
     """
     single_choice(body)
     system, turns = system_and_turns(body)
@@ -291,10 +291,10 @@ def parse_response(
     """A 2xx non-streamed `GenerateContentResponse` as a `chat.completion`."""
     response = json_answer(raw)
     if "error" in response:
-        raise UpstreamFailureError(error_object_failure(response, redact=redact))
+        raise AttemptFailed(error_object_failure(response, redact=redact))
     candidate, parts = _candidate_parts(response)
     if candidate is None and not _blocked(response):
-        raise UpstreamFailureError(bad_response("the upstream's answer has no candidate"))
+        raise AttemptFailed(bad_response("the upstream's answer has no candidate"))
     texts, calls = _texts_and_calls(parts)
     reason = candidate.get("finishReason") if candidate is not None else "PROHIBITED_CONTENT"
     usage = parse_usage(response.get("usageMetadata"))
@@ -343,7 +343,7 @@ def error_details(parsed: Any) -> tuple[int | None, str | None, str | None, floa
 
 def failure_for(
     status: int, google_status: str | None, message: str | None, *, retry_after: float | None
-) -> UpstreamFailure:
+) -> AttemptFailure:
     """Map a Vertex AI error to the gateway's failure.
 
     Quota (429), unavailable (503), deadline (504), internal errors and refused
@@ -356,7 +356,7 @@ def failure_for(
     if status in (401, 403):
         return failure_for_status(status, message=None, code=None, retry_after=None)
     if status == 503 or google_status == "UNAVAILABLE":
-        return UpstreamFailure(
+        return AttemptFailure(
             503,
             "upstream_unavailable",
             text or "the upstream is unavailable",
@@ -365,7 +365,7 @@ def failure_for(
             status,
         )
     if status == 504 or google_status == "DEADLINE_EXCEEDED":
-        return UpstreamFailure(
+        return AttemptFailure(
             504,
             "upstream_timeout",
             text or "the upstream timed out",
@@ -375,14 +375,14 @@ def failure_for(
             timeout=True,
         )
     if status == 400 and _CONTEXT_TOO_LONG.search(text):
-        return UpstreamFailure(400, "context_length_exceeded", text, False, None, status)
+        return AttemptFailure(400, "context_length_exceeded", text, False, None, status)
     code = google_status.lower() if google_status else None
     return failure_for_status(status, message=text, code=code, retry_after=retry_after)
 
 
 def classify_error(
     status: int, headers: Mapping[str, str], body: bytes, *, redact: Callable[[str], str]
-) -> UpstreamFailure:
+) -> AttemptFailure:
     try:
         parsed = json.loads(body)
     except ValueError:
@@ -399,7 +399,7 @@ def classify_error(
     )
 
 
-def error_object_failure(payload: Any, *, redact: Callable[[str], str]) -> UpstreamFailure:
+def error_object_failure(payload: Any, *, redact: Callable[[str], str]) -> AttemptFailure:
     """The failure for an error object inside a 2xx answer or a stream."""
     code, google_status, message, delay = error_details(payload)
     return failure_for(
@@ -444,7 +444,7 @@ class GeminiStreamTranslator(ChunkStreamTranslator):
     def _event(self, _name: str | None, data: bytes, frames: list[bytes]) -> None:
         response = json_event(data)
         if "error" in response:
-            raise UpstreamFailureError(error_object_failure(response, redact=self.redact))
+            raise AttemptFailed(error_object_failure(response, redact=self.redact))
         if not self._id_set and isinstance(response.get("responseId"), str):
             self.id, self._id_set = response["responseId"], True
         if isinstance(response.get("modelVersion"), str) and response["modelVersion"]:

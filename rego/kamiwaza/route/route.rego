@@ -16,7 +16,12 @@ import rego.v1
 #   the request must be refused (the gateway answers 403); `route_to` is then null.
 #   `fallback` lists only endpoints the guards accept for this request.
 # entrypoint: true
-decision := {
+decision := object.union(_decision, {"shadow": _shadow}) if {
+	_shadow
+} else := _decision
+
+# The decision of the live policy (data.kamiwaza.policy).
+_decision := {
 	"route_to": null,
 	"fallback": [],
 	"rule": _rule,
@@ -118,3 +123,18 @@ _fallback := [name |
 	_endpoints[name]
 	not data.kamiwaza.guards.refusals[name]
 ]
+
+# The same request decided by a candidate policy compiled under
+# data.kamiwaza.shadow (the gateway's `shadow_policy` setting), with the same
+# overrides, guards and registry: only the compiled rules and default differ.
+# Reported beside the live decision, never used for routing.
+_shadow := {
+	"revision": d.revision,
+	"route_to": d.route_to,
+	"fallback": d.fallback,
+	"rule": d.rule,
+	"deny": d.deny,
+} if {
+	data.kamiwaza.shadow.revision
+	d := _decision with data.kamiwaza.policy as data.kamiwaza.shadow
+}

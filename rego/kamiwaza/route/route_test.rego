@@ -25,6 +25,8 @@ _default := {
 
 _no_overrides := {}
 
+_classes := {"order": ["public", "internal", "confidential", "pii-restricted"], "in_vpc_only": ["pii-restricted"]}
+
 # A whole decision: the given fields over those of a refused, unrouted request.
 _decision(fields) := object.union(
 	{
@@ -41,6 +43,7 @@ _decision(fields) := object.union(
 
 test_compiled_rule_wins_over_default if {
 	d := data.kamiwaza.route.decision with data.kamiwaza.endpoints as _endpoints
+		with data.kamiwaza.classes as _classes
 		with data.kamiwaza.policy as {"match": _match, "default_route": _default, "revision": "sha256:x"}
 		with data.overrides as _no_overrides
 		with input as {"tenant": "acme"}
@@ -57,6 +60,7 @@ test_compiled_rule_wins_over_default if {
 
 test_default_when_no_rule_matches if {
 	d := data.kamiwaza.route.decision with data.kamiwaza.endpoints as _endpoints
+		with data.kamiwaza.classes as _classes
 		with data.kamiwaza.policy as {"default_route": _default, "revision": "sha256:x"}
 		with data.overrides as _no_overrides
 		with input as {"tenant": "acme"}
@@ -73,6 +77,7 @@ test_default_when_no_rule_matches if {
 
 test_no_route_without_match_or_default if {
 	d := data.kamiwaza.route.decision with data.kamiwaza.endpoints as _endpoints
+		with data.kamiwaza.classes as _classes
 		with data.kamiwaza.policy as {"revision": "sha256:x"}
 		with data.overrides as _no_overrides
 		with input as {"tenant": "acme"}
@@ -89,6 +94,7 @@ test_no_route_without_match_or_default if {
 
 test_revision_is_null_without_compiled_policy if {
 	d := data.kamiwaza.route.decision with data.kamiwaza.endpoints as _endpoints
+		with data.kamiwaza.classes as _classes
 		with data.kamiwaza.policy as {}
 		with data.overrides as _no_overrides
 		with input as {}
@@ -97,6 +103,7 @@ test_revision_is_null_without_compiled_policy if {
 
 test_forced_route_beats_compiled_rules if {
 	d := data.kamiwaza.route.decision with data.kamiwaza.endpoints as _endpoints
+		with data.kamiwaza.classes as _classes
 		with data.kamiwaza.policy as {"match": _match, "default_route": _default}
 		with data.overrides as {"zz": {"route": {"route_to": "saas-b"}}, "aa": {"route": {"route_to": "gpu", "fallback": ["gpu-b"]}}}
 		with input as {"tenant": "acme"}
@@ -105,6 +112,7 @@ test_forced_route_beats_compiled_rules if {
 
 test_override_deny_beats_forced_route if {
 	d := data.kamiwaza.route.decision with data.kamiwaza.endpoints as _endpoints
+		with data.kamiwaza.classes as _classes
 		with data.kamiwaza.policy as {"match": _match}
 		with data.overrides as {"a": {"route": {"route_to": "gpu"}}, "b": {"deny": {"suspended tenant"}}}
 		with input as {"tenant": "acme"}
@@ -113,6 +121,7 @@ test_override_deny_beats_forced_route if {
 
 test_malformed_override_route_is_a_deny if {
 	d := data.kamiwaza.route.decision with data.kamiwaza.endpoints as _endpoints
+		with data.kamiwaza.classes as _classes
 		with data.kamiwaza.policy as {"match": _match}
 		with data.overrides as {"bad": {"route": {"route_to": 7}}}
 		with input as {"tenant": "acme"}
@@ -125,6 +134,7 @@ test_malformed_override_route_is_a_deny if {
 
 test_route_to_unknown_endpoint_is_a_deny if {
 	d := data.kamiwaza.route.decision with data.kamiwaza.endpoints as _endpoints
+		with data.kamiwaza.classes as _classes
 		with data.kamiwaza.policy as {"match": _match}
 		with data.overrides as {"o": {"route": {"route_to": "nowhere"}}}
 		with input as {"tenant": "acme"}
@@ -133,29 +143,32 @@ test_route_to_unknown_endpoint_is_a_deny if {
 
 test_guard_refusal_of_selected_route_is_a_deny if {
 	d := data.kamiwaza.route.decision with data.kamiwaza.endpoints as _endpoints
+		with data.kamiwaza.classes as _classes
 		with data.kamiwaza.policy as {"match": _match}
 		with data.overrides as _no_overrides
 		with input as {"tenant": "acme", "data_class": "pii-restricted"}
 	d == _decision({
 		"rule": _match.rule,
 		"conditions": _match.conditions,
-		"deny": [`guard pii-in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "saas" is outside the VPC`],
+		"deny": [`guard in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "saas" is outside the VPC`],
 	})
 }
 
 test_guards_bind_forced_routes if {
 	d := data.kamiwaza.route.decision with data.kamiwaza.endpoints as _endpoints
+		with data.kamiwaza.classes as _classes
 		with data.kamiwaza.policy as {}
 		with data.overrides as {"o": {"route": {"route_to": "saas"}}}
 		with input as {"data_class": "pii-restricted"}
 	d == _decision({
 		"overridden_by": "o",
-		"deny": [`guard pii-in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "saas" is outside the VPC`],
+		"deny": [`guard in-vpc: pii-restricted data may only reach an endpoint with in_vpc: true; "saas" is outside the VPC`],
 	})
 }
 
 test_guards_drop_refused_and_unknown_fallbacks if {
 	d := data.kamiwaza.route.decision with data.kamiwaza.endpoints as _endpoints
+		with data.kamiwaza.classes as _classes
 		with data.kamiwaza.policy as {"match": object.union(_match, {"route_to": "gpu", "fallback": ["saas", "ghost", "gpu-b", "saas-b"]})}
 		with data.overrides as _no_overrides
 		with input as {"data_class": "pii-restricted"}
@@ -164,6 +177,7 @@ test_guards_drop_refused_and_unknown_fallbacks if {
 
 test_fallbacks_kept_when_no_guard_applies if {
 	d := data.kamiwaza.route.decision with data.kamiwaza.endpoints as _endpoints
+		with data.kamiwaza.classes as _classes
 		with data.kamiwaza.policy as {"match": object.union(_match, {"route_to": "gpu", "fallback": ["saas", "ghost", "gpu-b"]})}
 		with data.overrides as _no_overrides
 		with input as {"data_class": "internal"}

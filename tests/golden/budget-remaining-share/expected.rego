@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:f9782fa1f685512939ae749c4d45c631bd483286f08f099b8f99529899a7af01"
+revision := "sha256:408e9bfd74f9a7f4c4bcc92cb576b7ceef2b144c6f52331b735608c350ce10ff"
 
 # METADATA
 # title: Default route

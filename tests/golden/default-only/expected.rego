@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:608ff8a154e65b25631023aed97bb542085fe154f3d19f7127135b5d2b517ebb"
+revision := "sha256:2d4bf3353d0679687461c5f9e13b9a57f0a5133cd8c3c5895015461fbb6f1f9d"
 
 # METADATA
 # title: Default route

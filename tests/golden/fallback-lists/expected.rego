@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:6504fa658364e0f4cf637af640bcf6edef4e1fe77a3007100ebb72cd1f0e9e1f"
+revision := "sha256:52734d46edaad3cbe4c171a52574d7d4970062634800ae93976454edd480bc4a"
 
 # METADATA
 # title: Default route

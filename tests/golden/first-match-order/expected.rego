@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:e315989774526e6f044316b4a9ef21ec301e2d7f08d9ef7ef53f6107db10e2b1"
+revision := "sha256:926a1c2a53d4076a63f8aa55a78299b114372947ba06ec30a6667dacd2557e14"
 
 # METADATA
 # title: Default route

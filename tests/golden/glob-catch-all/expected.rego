@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:eb6ee96b1a3e66ca4157fc21a45475d74544c709fce629086290651fd613256f"
+revision := "sha256:0e9cc844b96b2d5e949b4d7474f262aec64e8597fc7519bb743e44579f311ba4"
 
 # METADATA
 # title: Default route

@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:c199cb81148640747699eb8c1abdb971f79a44f7ecaff89b14a6b2d90786b126"
+revision := "sha256:920e0511d422d0c2e4256a060b22ba6e10d7ab063f447859d8a8eb4f4de23650"
 
 # METADATA
 # title: Default route

@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:d8fe0aad3a9f4e91c6411a1815b30cbb4f5b82816cd51c88bb41d88909ea40ab"
+revision := "sha256:86dc49b3ec58036018cd252e4b1d96fe41e5649d06ef028ba895a0ab70cfc16c"
 
 # METADATA
 # title: Default route

@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:444d7091b604afc93edf19479648f00483bb223cd7ff71d6e241493f5f5ce405"
+revision := "sha256:bf620ff58dff86f3a71a5af4a13ba3aebe62ee23d5cb8d855986b1f4e0634a72"
 
 # METADATA
 # title: Default route

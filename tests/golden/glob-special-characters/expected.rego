@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:575583b06bbf2e6a2fa59207953f33ead8154b6e8f8fa0ee28ea0c9a199705ac"
+revision := "sha256:6be459e69ce981618f458b98940bd47a29e80961924712852e40646405ba1376"
 
 # METADATA
 # title: Default route

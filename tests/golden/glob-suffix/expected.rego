@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:6b7cd3c9ef0687857261d62d37e397dca5de6b91f032018cb89416b460d61af8"
+revision := "sha256:9787de858513226808c1d60f864177e13f7d1c0dbb430639f5f9340f544fef87"
 
 # METADATA
 # title: Default route

@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:e3a1d24dd969e1a779c6a458cf1c7f7bcbe40fae2acb5f4f2cf34c34b0ebd00f"
+revision := "sha256:3759064f6f095c631392fd0ca88d86320258faa90772aba4fb7de4c80dbff64d"
 
 # METADATA
 # title: Default route

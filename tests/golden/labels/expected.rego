@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:b6ab8d0d35ae40e140a3ec51894eb2a9bad3ba94d9caa8b3e6aad70061360884"
+revision := "sha256:d1472735968c33f49aefdda1eec1c89a887f09e32a887834b47c5a64868667a0"
 
 # METADATA
 # title: Default route

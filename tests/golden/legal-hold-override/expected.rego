@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:34c1392b7723467b1d743fd0705b65c6e8872ecc6285f5566e57a8bdd8e0a688"
+revision := "sha256:032792c0b0c72877ba699d55b5c6ff64f45e503a9bcd76d5efdef7d078c5e7e4"
 
 # METADATA
 # title: Default route

@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:75fb896ed0a7e9a5212b941eb0becdb415c15ee5067d7757da5b2f9e39750406"
+revision := "sha256:ecf9f455654fd1f32b2bf07c4c600115caccaeb0728a7b523fb62a3cc8aa2011"
 
 # METADATA
 # title: Default route

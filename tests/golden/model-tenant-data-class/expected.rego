@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:0f27bc06f38e6073a16f1f5543730740077f34a9b60db12397d1256f85783f97"
+revision := "sha256:5ffd8682908990deb39a9dfa8d90a6d62e708ed3a8b9a2f375da4917a0e28608"
 
 # METADATA
 # title: Default route

@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:ac191ce510c48879ae5e6cc6ac6f0ca2d79c6502cf2deac98942784fc2bb3152"
+revision := "sha256:515feda3579b86df2ac558b3878abb0a7e399bd7802f5c608a651d4ef2452e47"
 
 # METADATA
 # title: Default route

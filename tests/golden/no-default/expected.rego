@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:b8980db353cbf4b9f2d6b42f31b191b03291fb832b2e1a2083d6e72f8d207c64"
+revision := "sha256:da58717b09c9f72ba7fe11f7ad1452a020797c4db43857e3886cfa82559ab72a"
 
 # METADATA
 # title: First matching rule

@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:7c82abc871a40758115f298fad2a9cddc542f6248ff0e7949c02ffaf7f07a002"
+revision := "sha256:44b89c676110d7d261e0b00e6d8e0e568ef1fde0c3b3dc3c2d114d038ca49fd1"
 
 # METADATA
 # title: Default route

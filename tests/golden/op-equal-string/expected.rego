@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:70b9ae648aa1a5b8a34687121c7c10323a40f346af21a13124f881295246d91e"
+revision := "sha256:9d3f58071317ec01e3d2b1986d250f17836a15115823d33c8ea028cf2bc0c417"
 
 # METADATA
 # title: Default route

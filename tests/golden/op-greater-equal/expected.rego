@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:672831319bed9049c978964d25dc77c99d24ded645f707fbf25d0869a1c8cff2"
+revision := "sha256:540eb9e027aaa926ae5b6b9a35ad6dee5d2c8662e6d0c05439f6dff66cf125cd"
 
 # METADATA
 # title: Default route

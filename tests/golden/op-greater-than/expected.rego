@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:27f6369a96c19452dfb4851ce44caa0d555a775c2c6eb7f66680747feb60c650"
+revision := "sha256:7cccd2de1218955e35a346a65a6d875479fcbcf38bdc81bed6e43ca8a0bd92c6"
 
 # METADATA
 # title: Default route

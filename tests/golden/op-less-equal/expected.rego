@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:9b7184b5e94a4e8d96751d76bbb75617726558095ac13b5b6bfb0bfab7d9df15"
+revision := "sha256:0a67488c32dccf7cf629cd059e85b10a4acaf1884e70b024e6b1fcce6c57328c"
 
 # METADATA
 # title: Default route

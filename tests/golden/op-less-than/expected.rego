@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:95eef8c02186ad9bfe7ff359754ce3c19453b9fb427f2d16dc94439d431082d8"
+revision := "sha256:96c72fb90eb798f304ea405778355e0471fa218902ed7f89c9b559ae601137af"
 
 # METADATA
 # title: Default route

@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:1271b809a5a6867d32af6f6b4cae66440aa194d1cc7d9218624befd29c8c84b1"
+revision := "sha256:2c136833e85251084ee86c58a241b8d434e4d5ab8a92a55790bfef3679096cff"
 
 # METADATA
 # title: Default route

@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:55f375424064b44b470942d90a236c6fd0bba13df3d4c31e722162a7becbb431"
+revision := "sha256:7f474728fa7c69926a2bc0a731588feffe8eb8a117227f0782f3a68ef9317201"
 
 # METADATA
 # title: Default route

@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:103680c6805b9a4227bae2931da8beb68ec6de705f4e4c72f353f4a7989ff941"
+revision := "sha256:82be2a31216c139d2369d120dacf75cec0f96c406d0b02d4e20d37486030e784"
 
 # METADATA
 # title: Default route

@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:e8dc7e04e85d85515265b40bf5c57b41fce8b7266cdea8c07961841cd501d75a"
+revision := "sha256:59f058da281521f030d180ccbd1a5535e16aa667b926e2fc6f2c10ca08562763"
 
 # METADATA
 # title: First matching rule

@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:22269d9106681e1df3efe6d7bf78242e3312a8e8894427be1ad3ed60cec60cbb"
+revision := "sha256:38c37c4c6a19330312ddc5ce056f2eb984453150701ebc6bfb1009ad27260a22"
 
 # METADATA
 # title: Default route

@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:3420f338fe40a92b96faf8c81e38a3eaf22c3bb6567c8335838af77342002541"
+revision := "sha256:ee149df1a7de322770bebed6faa5730ad50694920f9931c07d0db57da0b0191c"
 
 # METADATA
 # title: Default route

@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:f7152c51db3b0af24cdbd4b1f0e9832c1ff0d86a7820dc4b2efa79f40f3523cb"
+revision := "sha256:365920570f6851a2849b26f9d102832a37658059950d1e0cc19f32f3eedb228d"
 
 # METADATA
 # title: Default route

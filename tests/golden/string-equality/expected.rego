@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:48082b61f907c898d35f918c6a4f45c508b020efb1235668e43bb1a03c5479ac"
+revision := "sha256:66438c2581406ec09c155dac128725801a9bc0dc1c6d94de08e96bd4a25bd9ea"
 
 # METADATA
 # title: Default route

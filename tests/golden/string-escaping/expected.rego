@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:d2da65b8eb3555e524f0effb1870194ea6f8b703ec3111360cc6d3262b5aff1c"
+revision := "sha256:c0e174e13e4612d144f38d57dddb8bc41c2b6e3581007a6c255a58c84019536c"
 
 # METADATA
 # title: Default route

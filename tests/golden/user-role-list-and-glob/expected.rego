@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:07fa1ae3278baeedb49d707abd7ee8df19e71a87b3814a8e0e59639cf0965e52"
+revision := "sha256:383f756a88b97a822b4f8b6f4c519b1c6bfd7e6cc70137ad686f532badea3011"
 
 # METADATA
 # title: Default route

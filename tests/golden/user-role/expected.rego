@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:55b8190a073ef2a34d20d928fb19bf8ecc507b89de3f427fea58194ce1a0c094"
+revision := "sha256:5179e1508646c186847241f152a55ad89c555de76d07036e6a902062c5161b1c"
 
 # METADATA
 # title: Default route

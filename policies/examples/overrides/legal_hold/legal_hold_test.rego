@@ -21,3 +21,22 @@ test_other_export_labels_pass if {
 	d := data.overrides.legal_hold.deny with input as {"labels": {"export_control": "ear99"}}
 	d == set()
 }
+
+# The whole decision, as the gateway asks for it: the forced route wins over a
+# compiled rule that matches (here the example policy's cost-capped rule).
+test_a_legal_hold_forces_the_private_gpu_whatever_the_rules_say if {
+	d := data.kamiwaza.route.decision with data.kamiwaza.endpoints as {
+		"private-gpu": {"type": "openai-compatible", "in_vpc": true},
+		"bedrock": {"type": "bedrock", "in_vpc": false},
+	}
+		with data.kamiwaza.policy as {"match": {
+			"route_to": "bedrock",
+			"fallback": [],
+			"rule": {"index": 2, "name": "cost-capped", "source": "policies/routing.yaml:17"},
+			"conditions": [],
+		}}
+		with input as {"tenant": "globex", "cost_cap_per_1k": 0.001, "labels": {"legal_hold": "true"}}
+	d.route_to == "private-gpu"
+	d.rule == null
+	d.overridden_by == "legal_hold"
+}

@@ -1,10 +1,13 @@
 # METADATA
 # title: Example override - legal hold and export control
 # description: |
-#   An example of what security teams put in rego/overrides/. Contract:
+#   An example of what security teams write, shipped opt-in: the gateway loads
+#   it only when an operator adds policies/examples/overrides to the
+#   `overrides_dirs` setting. Contract:
 #
-#   - Package: `overrides.<name>`, in `rego/overrides/<name>/<name>.rego`, with
-#     tests in `overrides.<name>_test`.
+#   - Package: `overrides.<name>`, in `<dir>/<name>/<name>.rego` where <dir> is
+#     rego/overrides/ or a directory of `overrides_dirs`, with tests in
+#     `overrides.<name>_test`.
 #   - `deny`: optional, a set of strings. Any element refuses the request (403);
 #     the gateway reports each as "override <name>: <message>".
 #   - `route`: optional, an object `{"route_to": string, "fallback": [string]}`.

@@ -1,0 +1,69 @@
+"""The audit pipeline's typed configuration, from the gateway's settings.
+
+The composition root hands :mod:`observability` these frozen configs; the
+audit pipeline never reads the gateway's settings itself.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+from gateway.settings import Settings, SettingsError, load_settings
+from observability.pipeline import AuditConfig, AuditConfigError, SinkConfig
+
+
+def sink_config(settings: Settings) -> SinkConfig:
+    return SinkConfig(
+        kind=settings.audit_sink,
+        prefix=settings.audit_prefix,
+        local_dir=settings.audit_dir,
+        local_max_file_bytes=settings.audit_local_max_file_bytes,
+        s3_bucket=settings.audit_s3_bucket,
+        s3_region=settings.audit_s3_region,
+        s3_kms_key_id=settings.audit_s3_kms_key_id,
+        s3_endpoint_url=settings.audit_s3_endpoint_url,
+        gcs_bucket=settings.audit_gcs_bucket,
+        gcs_project=settings.audit_gcs_project,
+        gcs_endpoint_url=settings.audit_gcs_endpoint_url,
+        http_url=settings.audit_http_url,
+        http_token_env=settings.audit_http_token_env,
+        http_ca_file=settings.audit_http_ca_file,
+    )
+
+
+def audit_config(settings: Settings, environ: Mapping[str, str] | None = None) -> AuditConfig:
+    """The spool's configuration; the prompt-hash salt is read from its variable now."""
+    env = os.environ if environ is None else environ
+    salt: bytes | None = None
+    if settings.audit_prompt_salt_env:
+        value = env.get(settings.audit_prompt_salt_env, "")
+        if not value:
+            raise AuditConfigError(
+                f"audit_prompt_salt_env: environment variable "
+                f"{settings.audit_prompt_salt_env} is not set"
+            )
+        salt = value.encode()
+    return AuditConfig(
+        spool_dir=Path(settings.audit_spool_dir or Path(settings.audit_dir) / "spool"),
+        host=settings.audit_host or socket.gethostname(),
+        prefix=settings.audit_prefix,
+        spool_max_bytes=settings.audit_spool_max_bytes,
+        spool_full=settings.audit_spool_full,
+        fsync_interval_s=settings.audit_fsync_interval_ms / 1000,
+        batch_interval_s=settings.audit_batch_interval_s,
+        batch_max_bytes=settings.audit_batch_max_bytes,
+        retry_max_s=settings.audit_retry_max_s,
+        decision_logs=settings.audit_decision_logs,
+        prompt_salt=salt,
+    )
+
+
+def configured_sink(config_file: str | None) -> SinkConfig:
+    """The sink of the gateway configured by `config_file` and KAMIWAZA_* (audit CLI)."""
+    try:
+        return sink_config(load_settings(config_file))
+    except SettingsError as err:
+        raise AuditConfigError(str(err)) from err

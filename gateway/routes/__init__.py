@@ -1,0 +1,1 @@
+"""The gateway's routes other than the model APIs (those are :mod:`gateway.fronts`)."""
