@@ -239,6 +239,19 @@ def test_the_reservation_cap_bounds_large_max_tokens() -> None:
     assert estimate_request(body(max_tokens=10), PRICE, POLICY).capped is False
 
 
+def test_embeddings_reserve_their_input_only() -> None:
+    price = Pricing(input_per_1k=0.0001, output_per_1k=0.0)
+    assert estimate_request(
+        {"model": "e", "input": ["x" * 40, "y" * 8, [1, 2, 3]]}, price, POLICY, "embeddings"
+    ) == Estimate(10 + 2 + 3, 0, pytest.approx(15 * 0.0001 / 1000))
+    assert estimate_request({"input": "x" * 400}, price, POLICY, "embeddings").input_tokens == 100
+    assert estimate_request({"input": [5, 6, 7, 8]}, price, POLICY, "embeddings").tokens == 4
+    capped = estimate_request(
+        {"input": "x" * 4000}, Pricing(1.0, 0.0), ReservationPolicy(max_usd=0.5), "embeddings"
+    )
+    assert (capped.cost_usd, capped.capped) == (0.5, True)
+
+
 def test_a_route_is_priced_at_its_dearest_endpoint() -> None:
     cheap, dear = Pricing(0.001, 0.02), Pricing(0.004, 0.005)
     assert worst_pricing([cheap, dear]) == Pricing(0.004, 0.02)

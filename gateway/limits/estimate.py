@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from gateway.limits.config import ReservationPolicy
-from gateway.providers.usage import estimate_prompt_tokens
+from gateway.providers.adapter import EMBEDDINGS
+from gateway.providers.usage import estimate_prompt_tokens, estimate_text_tokens
 from translator.registry import Pricing
 
 # Body fields that bound the output, in the order OpenAI's APIs prefer them.
@@ -68,12 +69,37 @@ def worst_pricing(prices: Iterable[Pricing]) -> Pricing:
     )
 
 
+def embedding_input_tokens(body: Mapping[str, Any]) -> int:
+    """Tokens of an embeddings request's `input`: a string, a list of strings,
+    or token arrays (counted as given)."""
+    value = body.get("input")
+    items = value if isinstance(value, list) else [value]
+    total = 0
+    for item in items:
+        if isinstance(item, str):
+            total += estimate_text_tokens(len(item))
+        elif isinstance(item, int) and not isinstance(item, bool):
+            total += 1  # one token id of a flat token array
+        elif isinstance(item, list):
+            total += len(item)  # a token array
+    return total
+
+
 def estimate_request(
-    body: Mapping[str, Any], prices: Pricing | Iterable[Pricing], policy: ReservationPolicy
+    body: Mapping[str, Any],
+    prices: Pricing | Iterable[Pricing],
+    policy: ReservationPolicy,
+    operation: str = "chat",
 ) -> Estimate:
     """The reservation for `body` at `prices` (one endpoint's, or every endpoint of
-    the route: the highest counts), capped by `policy`."""
+    the route: the highest counts), capped by `policy`. Embeddings have no output."""
     pricing = prices if isinstance(prices, Pricing) else worst_pricing(prices)
+    if operation == EMBEDDINGS:
+        tokens = embedding_input_tokens(body)
+        cost = cost_usd(tokens, 0, pricing)
+        if policy.max_usd is not None and cost > policy.max_usd:
+            return Estimate(tokens, 0, policy.max_usd, capped=True)
+        return Estimate(tokens, 0, cost)
     input_tokens = estimate_prompt_tokens(body)
     requested = requested_output_tokens(body)
     wanted = (requested if requested is not None else policy.default_output_tokens) * choices(body)

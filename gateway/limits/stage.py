@@ -1,20 +1,22 @@
 """The limiter as the request pipeline uses it: a few calls, in gateway terms.
 
-    stage = LimitsStage(limiter, registry)            # composition root; None: no limits
-    await stage.start() / await stage.close()         # cleanup context
-    stage.reload()                                    # SIGHUP (raises LimitsConfigError)
+    stage = LimitsStage(limiter, registry)   # composition root (limiter: factory.build_limits)
+    await stage.start() / await stage.close()   # cleanup context
+    stage.reload()                              # SIGHUP (raises LimitsConfigError)
 
-    budget = await stage.budget(identity)             # before the routing decision
+    # decide, before asking OPA (LimitsUnavailableError: 503 in fail-closed mode)
+    budget = await stage.budget(identity)
     if budget is not None:
-        opa_doc["budget"] = budget                    # input.budget for the policy
-    reservation = await stage.reserve(identity, decision.route, body)  # before dispatch;
-                                                      # raises RateLimitedError (429) or
-                                                      # LimitsUnavailableError (503)
-    response.headers.update(reservation.headers)      # x-ratelimit-* on the answer
-    ...
-    await stage.finish(reservation, usage, cost_usd)  # after the answer / stream ends
-    await stage.finish(reservation, None, 0.0)        # every attempt failed, or the
-                                                      # client left before any output
+        opa_doc["budget"] = budget
+
+    # forward, before the first attempt: RateLimitedError (429), LimitsUnavailableError (503)
+    reservation = await stage.reserve(identity, decision.route, request.body, request.operation)
+    try:
+        result = ...                            # complete or stream; add reservation.headers
+        await stage.finish(reservation, result.usage, result.cost_usd)
+    finally:                                    # every attempt failed, or the client left
+        if not reservation.done:
+            await asyncio.shield(stage.finish(reservation, None, 0.0))
 
 `finish` never raises: the answer has gone. A replica killed in between leaves
 a reservation that expires by itself.
@@ -63,11 +65,16 @@ class LimitsStage:
         return [endpoints[name].pricing for name in route if name in endpoints]
 
     async def reserve(
-        self, identity: Identity, route: Sequence[str], body: Mapping[str, Any]
+        self,
+        identity: Identity,
+        route: Sequence[str],
+        body: Mapping[str, Any],
+        operation: str = "chat",
     ) -> Reservation:
         """Check and reserve the request's worst case on the route (priced at its
         dearest endpoint; endpoint limits of the first endpoint apply)."""
-        estimate = estimate_request(body, self._prices(route), self.limiter.config.reservation)
+        policy = self.limiter.config.reservation
+        estimate = estimate_request(body, self._prices(route), policy, operation)
         subject = subject_of(identity, route[0] if route else None)
         return await self.limiter.reserve(subject, estimate)
 
