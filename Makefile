@@ -17,7 +17,7 @@ KEYS      ?= keys.json
 AUDIT_DIR ?= audit
 PORT      ?= 8080
 
-.PHONY: setup opa tools prometheus helm test-tools run test compile lint clean
+.PHONY: setup opa tools prometheus helm redis test-tools run test compile lint clean
 
 # What `run` needs; `test` adds the test-only tools (their first build is slow).
 setup: $(STAMP) opa
@@ -44,12 +44,17 @@ prometheus:
 helm:
 	@./scripts/install-helm.sh >/dev/null
 
-# The test-only Go tools, built side by side: each first build takes minutes.
+# Debian's redis-server for the limiter's integration tests; no-op once installed.
+redis:
+	@./scripts/install-redis.sh >/dev/null
+
+# The test-only tools, built side by side: each first build takes minutes.
 test-tools:
 	@./scripts/install-tools.sh >/dev/null & tools=$$!; \
 	./scripts/install-prometheus.sh >/dev/null & prom=$$!; \
 	./scripts/install-helm.sh >/dev/null & helm=$$!; \
-	status=0; for pid in $$tools $$prom $$helm; do wait $$pid || status=1; done; exit $$status
+	./scripts/install-redis.sh >/dev/null & redis=$$!; \
+	status=0; for pid in $$tools $$prom $$helm $$redis; do wait $$pid || status=1; done; exit $$status
 
 compile: setup
 	@$(BIN)/kamiwaza policy compile $(POLICY) --endpoints $(ENDPOINTS) -o $(BUILD)

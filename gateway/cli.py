@@ -10,6 +10,7 @@ import click
 from gateway.bundle_cli import publish
 from gateway.dry_run_cli import route
 from gateway.keys_cli import keys
+from gateway.limits.cli import budgets
 from gateway.policy_cli import diff_cmd, shadow_report_cmd
 from observability.audit_cli import ConfigReader, audit
 from translator.cli import policy
@@ -34,6 +35,7 @@ policy.add_command(shadow_report_cmd)
 main.add_command(keys)
 main.add_command(audit)
 main.add_command(route)
+main.add_command(budgets)
 
 
 @main.command("serve")

@@ -176,3 +176,33 @@ class UpstreamError(GatewayError):
             self.type = "invalid_request_error"
         self.attempts: tuple[Attempt, ...] = tuple(attempts)
         self.failure = failure
+
+
+class RateLimitedError(GatewayError):
+    """A tenant's rate limit (`rate_limit_exceeded`) or budget (`budget_exceeded`)
+    refused the request before it was forwarded (429). The message names the
+    limit; `limit` is its id (e.g. `tenant.usd_per_day`); the headers carry
+    `Retry-After` and `x-ratelimit-limit-*` / `-remaining-*` / `-reset-*`."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, limit: str, retry_after_s: int, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.headers.setdefault("Retry-After", str(retry_after_s))
+
+
+class LimitsUnavailableError(GatewayError):
+    """The shared limits store (Redis) is unreachable and the limiter fails closed:
+    nothing is forwarded (503)."""
+
+    status = 503
+    type = "server_error"
+    code = "limits_unavailable"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"Retry-After": "1"})
+        super().__init__(message, **kwargs)

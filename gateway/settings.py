@@ -124,6 +124,15 @@ class Settings:
     metrics_interval_s: float | None = None  # None: OTEL_METRIC_EXPORT_INTERVAL, else 60
     # Traces to the same OTLP endpoint (/v1/traces). None: as `metrics`.
     traces: bool | None = None
+    # Per-tenant rate limits and budgets (gateway/limits; README "Budgets and rate
+    # limits"). None: no limits. Without a Redis URL the counters are in-process:
+    # one replica only.
+    limits: str | None = None
+    limits_redis_url: str | None = None
+    limits_redis_cluster: bool = False
+    limits_redis_password_env: str | None = None
+    limits_redis_timeout_ms: int = 250
+    limits_fail_mode: str = "closed"  # closed (503) | open (logged, counted)
 
     def data_class_rank(self, name: str) -> int:
         return self.data_classes.index(name)
@@ -312,6 +321,12 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "otlp_headers": _str_map,
     "metrics_interval_s": lambda v, w: None if v in (None, "") else _positive(v, w),
     "traces": lambda v, w: None if v in (None, "") else _bool(v, w),
+    "limits": _opt_str,
+    "limits_redis_url": _opt_str,
+    "limits_redis_cluster": _bool,
+    "limits_redis_password_env": _opt_str,
+    "limits_redis_timeout_ms": lambda v, w: _int(v, w, minimum=1),
+    "limits_fail_mode": lambda v, w: _choice(v, w, ("closed", "open")),
 }
 
 

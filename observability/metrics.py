@@ -42,6 +42,8 @@ durations are in seconds:
 - kamiwaza_audit_shipped_total, kamiwaza_audit_ship_failures_total,
   kamiwaza_audit_dropped_total: sink. Records shipped, failed uploads, records
   dropped (spool full in drop mode).
+- kamiwaza_limits_*: the per-tenant limiter's refusals, spend and remaining
+  budget (observability/limit_metrics.py; the limiter calls `metrics.limits`).
 
 Every attribute set is bounded: tenants, endpoints, models and rules come from
 configuration (the keys file, the registry, the policy), statuses and error
@@ -90,6 +92,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 
 from observability.audit import AuditRecord
+from observability.limit_metrics import LimitMetrics
 from observability.otlp import otlp_target, read_otlp_env
 
 log = logging.getLogger(__name__)
@@ -426,6 +429,11 @@ class GatewayMetrics:
             ("endpoint", "reason"),
             "{failover}",
             "Moves to the next endpoint of a route, by the endpoint left",
+        )
+
+        # The per-tenant limiter's hooks (gateway/limits calls them).
+        self.limits = LimitMetrics(
+            meter, counter, enabled=enabled, cardinality_limit=cardinality_limit
         )
 
         # Gauges and counters read from other components at each export.

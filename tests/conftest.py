@@ -12,6 +12,7 @@ import pytest
 from tests.audit_servers import aws_env, fake_gcs, moto_s3  # noqa: F401 (fixtures)
 from tests.fake_upstream import FakeUpstream
 from tests.opa_server import OpaServer
+from tests.redis_server import redis_server  # noqa: F401 (fixture)
 from translator.opa import find_opa
 
 # Tests send traffic to loopback only: botocore must never probe the EC2

@@ -46,7 +46,7 @@ def test_check_ok_summarises_the_policy(workdir: Path) -> None:
     code, out, err = run("policy", "check", "routing.yaml")
     assert (code, err) == (0, "")
     assert out == (
-        "ok: routing.yaml: 5 rule(s), default -> anthropic, 10 test(s), 0 warning(s); "
+        "ok: routing.yaml: 6 rule(s), default -> anthropic, 12 test(s), 0 warning(s); "
         f"revision {example_revision()}\n"
     )
 
@@ -179,11 +179,13 @@ def test_policy_test_passes_on_the_example(workdir: Path, opa_bin: str) -> None:
             "test_a_low_cost_cap_goes_to_bedrock",
             "test_a_cost_cap_at_the_threshold_does_not",
             "test_a_request_with_no_metadata_takes_the_default",
+            "test_a_tenant_near_its_budget_cap_goes_to_the_cheaper_bedrock_model",
+            "test_a_tenant_with_budget_left_takes_the_default",
         )
     )
     # Only the policy's own tests: the example override is not in use, and the
     # entry point's and guards' tests are the project's (scripts/test.sh).
-    assert lines == [*lines[:10], "10 passed, 0 failed"]
+    assert lines == [*lines[:12], "12 passed, 0 failed"]
 
 
 @pytest.mark.integration
@@ -204,7 +206,7 @@ def test_policy_test_counts_the_tests_of_the_overrides_in_use(workdir: Path, opa
             "test_other_export_labels_pass",
         )
     ]
-    assert lines[-1] == "15 passed, 0 failed"
+    assert lines[-1] == "17 passed, 0 failed"
 
 
 @pytest.mark.integration
@@ -220,7 +222,7 @@ def test_failing_policy_test_shows_expected_and_actual(workdir: Path, opa_bin: s
     lines = out.splitlines()
     fail = lines.index("FAIL data.kamiwaza.policy_test.test_a_low_cost_cap_goes_to_bedrock")
     assert lines[fail + 1] == (
-        "  test 'a low cost cap goes to Bedrock' (routing.yaml:56) expected: "
+        "  test 'a low cost cap goes to Bedrock' (routing.yaml:61) expected: "
         '{"route_to": "openai", "rule": "cost-capped"} actual: '
         '{"route_to": "bedrock", "rule": "cost-capped"}'
     )
@@ -258,6 +260,7 @@ def test_explain_names_rule_conditions_and_values(workdir: Path, opa_bin: str) -
         "      FAIL latency_budget_ms < 400   actual: 500",
         "  #4 cost-capped -> bedrock: MATCH  (routing.yaml:28)",
         "      ok   cost_cap_per_1k < 0.002   actual: 0.001",
+        "  (1 later rule(s) not reached: first match wins)",
     ]
 
 
@@ -276,7 +279,7 @@ def test_explain_shows_overrides_and_denies(workdir: Path, opa_bin: str) -> None
     )
     assert out.splitlines()[:2] == [
         "decision: route to anthropic (fallback: none)",
-        "matched rule: #5 default (routing.yaml:32)",
+        "matched rule: #6 default (routing.yaml:37)",
     ]
     code, out, err = explain("--input", "in.json", "--overrides", str(EXAMPLE_OVERRIDES))
     assert (code, err) == (0, "")
@@ -294,6 +297,8 @@ def test_explain_shows_overrides_and_denies(workdir: Path, opa_bin: str) -> None
         "      FAIL latency_budget_ms < 400   actual: (absent)",
         "  #4 cost-capped -> bedrock: no match  (routing.yaml:28)",
         "      FAIL cost_cap_per_1k < 0.002   actual: (absent)",
+        "  #5 near-budget-cap -> bedrock: no match  (routing.yaml:32)",
+        "      FAIL budget_remaining_share < 0.1   actual: (absent)",
     ]
     code, out, err = explain(
         "--json",

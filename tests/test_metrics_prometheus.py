@@ -20,6 +20,11 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
+from gateway.errors import RateLimitedError
+from gateway.limits.config import parse_limits
+from gateway.limits.estimate import Estimate
+from gateway.limits.memory import InProcessLimits
+from gateway.limits.model import Subject
 from gateway.state import METRICS, OBSERVERS
 from observability.metrics import (
     DURATION_BUCKETS_S,
@@ -82,6 +87,21 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
     server.start()
     yield server
     server.stop()
+
+
+LIMITS = "version: v1\ndefaults: {usd_per_day: 1.0, usd_per_month: 10}\n"
+
+
+async def _spend(limiter: InProcessLimits) -> None:
+    """One phase of the limiter's traffic through its hooks: two requests settle
+    (from usage, from an estimate), a third does not fit the day's budget."""
+    globex = Subject("globex")
+    first = await limiter.reserve(globex, Estimate(100, 100, 0.2))
+    await limiter.settle(first, 200, 0.2, estimated=False)
+    second = await limiter.reserve(globex, Estimate(100, 100, 0.2))
+    await limiter.settle(second, 200, 0.2, estimated=True)
+    with pytest.raises(RateLimitedError):
+        await limiter.reserve(globex, Estimate(100, 100, 0.9))
 
 
 async def _send(gw: Gateway, session: aiohttp.ClientSession) -> None:
@@ -166,11 +186,17 @@ async def test_metrics_arrive_in_prometheus_with_exact_values(
         gw.app[OBSERVERS].append(lambda record: seen.append(record.to_json()))
         spool = FakeSpool()
         unregister = gw.app[METRICS].register_audit_pipeline("test-sink", spool)
+        limiter = InProcessLimits(
+            parse_limits(LIMITS, "limits.yaml"), observer=gw.app[METRICS].limits
+        )
+        gw.app[METRICS].limits.unavailable("open")
         async with aiohttp.ClientSession() as session:
             await _send(gw, session)
+            await _spend(limiter)
             spool.advance(depth=5, lag_s=1.5, shipped=10, failures=1, dropped=0)
             await _flush(gw)
             await _send(gw, session)
+            await _spend(limiter)
             spool.advance(depth=2, lag_s=0.25, shipped=40, failures=3, dropped=4)
             await _flush(gw)
         unregister()
@@ -185,6 +211,7 @@ async def test_metrics_arrive_in_prometheus_with_exact_values(
     _check_counters(prometheus, records)
     _check_histograms(prometheus, records)
     _check_gauges(prometheus)
+    _check_limits(prometheus)
     _check_labels_are_bounded(prometheus, records)
     _check_every_dashboard_query(prometheus)
     _check_stats_agree(prometheus, audit_file)
@@ -349,6 +376,33 @@ def _check_gauges(prom: PrometheusServer) -> None:
     assert prom.values("kamiwaza_audit_dropped_total", "sink")[("test-sink",)] == 4
 
 
+def _check_limits(prom: PrometheusServer) -> None:
+    assert prom.values("kamiwaza_limits_refusals_total", "tenant", "limit") == {
+        ("globex", "tenant.usd_per_day"): 2
+    }
+    assert prom.values("kamiwaza_limits_settlements_total", "tenant", "basis") == {
+        ("globex", "usage"): 2,
+        ("globex", "estimate"): 2,
+    }
+    assert prom.values("kamiwaza_limits_unavailable_total", "mode") == {("open",): 1}
+    # As of the last admitted request: 0.6 settled + 0.2 reserved of $1 a day, $10 a month.
+    spend = prom.values("kamiwaza_limits_spend_usd", "tenant", "window")
+    assert spend == {
+        ("globex", "day"): pytest.approx(0.8),
+        ("globex", "month"): pytest.approx(0.8),
+    }
+    remaining = prom.values("kamiwaza_limits_remaining_usd", "tenant", "window")
+    assert remaining == {
+        ("globex", "day"): pytest.approx(0.2),
+        ("globex", "month"): pytest.approx(9.2),
+    }
+    share = prom.values("kamiwaza_limits_remaining_share", "tenant", "window")
+    assert share == {
+        ("globex", "day"): pytest.approx(0.2),
+        ("globex", "month"): pytest.approx(0.92),
+    }
+
+
 # The labels of each metric, besides Prometheus' job and instance (from the
 # OTel resource's service.name and service.instance.id).
 LABELS = {
@@ -372,6 +426,12 @@ LABELS = {
     "kamiwaza_audit_shipped_total": {"sink"},
     "kamiwaza_audit_ship_failures_total": {"sink"},
     "kamiwaza_audit_dropped_total": {"sink"},
+    "kamiwaza_limits_refusals_total": {"tenant", "limit"},
+    "kamiwaza_limits_unavailable_total": {"mode"},
+    "kamiwaza_limits_settlements_total": {"tenant", "basis"},
+    "kamiwaza_limits_spend_usd": {"tenant", "window"},
+    "kamiwaza_limits_remaining_usd": {"tenant", "window"},
+    "kamiwaza_limits_remaining_share": {"tenant", "window"},
 }  # fmt: skip
 
 

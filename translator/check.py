@@ -72,8 +72,15 @@ INPUT_FIELDS: Mapping[str, tuple[tuple[type, ...], str]] = {
     "operation": _STRING,
     "labels": _MAPPING,
     "request": _MAPPING,
+    "budget": _MAPPING,
 }
 USER_FIELDS = ("id", "roles")
+# The limiter's `budget` object (gateway/limits/opa.py).
+BUDGET_FIELDS: Mapping[str, tuple[tuple[type, ...], str]] = {
+    "remaining_share": _NUMBER_T,
+    "remaining_usd": _NUMBER_T,
+    "limit": _STRING,
+}
 
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _COMPARISON_RE = re.compile(rf"^\s*(<=|>=|==|!=|<|>)\s*({_NUMBER})\s*$")
@@ -478,6 +485,15 @@ class _PolicyChecker:
                 or not all(isinstance(r, LScalar) and isinstance(r.value, str) for r in roles.items)
             ):
                 self.out.wrong_type(roles, "test input 'user.roles'", "a list of strings")
+        budget = input_map.get("budget")
+        if isinstance(budget, LMap):
+            self.out.check_keys(budget, tuple(BUDGET_FIELDS), "test input 'budget'")
+            for key, node in budget.entries.items():
+                if key in BUDGET_FIELDS:
+                    types, wanted = BUDGET_FIELDS[key]
+                    value = plain(node)
+                    if not isinstance(value, types) or isinstance(value, bool):
+                        self.out.wrong_type(node, f"test input 'budget.{key}'", wanted)
         result = plain(input_map)
         assert isinstance(result, dict)
         return result

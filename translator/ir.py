@@ -30,6 +30,7 @@ _PATHS: dict[str, tuple[str, ...]] = {
     "operation": ("operation",),
     "latency_budget_ms": ("latency_budget_ms",),
     "cost_cap_per_1k": ("cost_cap_per_1k",),
+    "budget_remaining_share": ("budget", "remaining_share"),
 }
 # Match keys whose input value is a list, any element of which may match.
 _ANY_ELEMENT = frozenset({"user_role"})

@@ -38,6 +38,7 @@ from translator.shadow import glob_matches
 # What the gateway can send for each numeric field (gateway/metadata.py).
 _POSITIVE = {"latency_budget_ms"}
 _NON_NEGATIVE = {"cost_cap_per_1k"}
+_SHARE = {"budget_remaining_share"}  # 0..1 (gateway/limits/opa.py)
 
 _ROUTE_TO_RE = re.compile(r'"route_to"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _PACKAGE_RE = re.compile(r"^package\s+([\w.]+)", re.M)
@@ -104,12 +105,16 @@ def domain_warnings(policy: Policy) -> list[Diagnostic]:
         for c in rule.conditions:
             if not isinstance(c, NumberCondition) or not _never_holds(c):
                 continue
-            sent = "positive" if c.field in _POSITIVE else "non-negative"
+            sent = (
+                "values from 0 to 1"
+                if c.field in _SHARE
+                else ("positive" if c.field in _POSITIVE else "non-negative") + " values"
+            )
             out.append(
                 warning(
                     NEVER_HOLDS,
                     f"rule '{rule.name}' can never match: {c.field} {c.op} {c.value:g} never "
-                    f"holds, the gateway only sends {sent} values",
+                    f"holds, the gateway only sends {sent}",
                     c.pos,
                 )
             )
@@ -122,6 +127,14 @@ def _never_holds(c: NumberCondition) -> bool:
         return c.op in ("<", "<=", "==") and n <= 0
     if c.field in _NON_NEGATIVE:  # values >= 0
         return (c.op == "<" and n <= 0) or (c.op in ("<=", "==") and n < 0)
+    if c.field in _SHARE:  # 0 <= values <= 1
+        return (
+            (c.op == "<" and n <= 0)
+            or (c.op == "<=" and n < 0)
+            or (c.op == ">" and n >= 1)
+            or (c.op == ">=" and n > 1)
+            or (c.op == "==" and not 0 <= n <= 1)
+        )
     return False
 
 

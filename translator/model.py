@@ -27,6 +27,8 @@ MATCH_FIELDS: dict[str, FieldKind] = {
     "operation": FieldKind.STRING,
     "latency_budget_ms": FieldKind.NUMBER,
     "cost_cap_per_1k": FieldKind.NUMBER,
+    # The tenant's remaining budget share (0..1), from the gateway's limiter.
+    "budget_remaining_share": FieldKind.NUMBER,
 }
 LABEL_PREFIX = "labels."
 
