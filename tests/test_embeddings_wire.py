@@ -250,7 +250,6 @@ async def test_the_openai_sdk_reads_rendered_answers_in_every_encoding(
     assert [d.embedding for d in raw.data] == [b64_floats(v) for v in expected]
     assert (default.usage.prompt_tokens, default.usage.total_tokens, default.model) == (2, 2, "m")
 
-
     def sync_call() -> list[list[float]]:
         # The sync client blocks: in a thread, so that the server's loop runs.
         with openai.OpenAI(base_url=url, api_key="k", max_retries=0) as sync:

@@ -17,6 +17,8 @@ Vertex adapter's (:class:`~gateway.providers.vertex.adapter.VertexSite`,
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -66,6 +68,11 @@ PORTABLE_TASK_TYPES: Final[Mapping[str, str]] = {
     CLUSTERING: "CLUSTERING",
 }
 PROVIDER: Final = "Vertex AI"
+CONTEXT_LENGTH_EXCEEDED: Final = "context_length_exceeded"
+# The embeddings models' words for an input over their limit (with autoTruncate off).
+_INPUT_TOO_LONG = re.compile(
+    r"input token count is \d+ but (the )?model (only )?supports up to", re.IGNORECASE
+)
 
 
 def instances_per_request(model: str) -> int:
@@ -164,4 +171,7 @@ class VertexEmbeddingsCodec(EmbeddingsCodec):
         return rendered, usage
 
     def classify_error(self, status: int, headers: Mapping[str, str], raw: bytes) -> AttemptFailure:
-        return self.adapter.classify_error(status, headers, raw)
+        failure = self.adapter.classify_error(status, headers, raw)
+        if failure.status_for_client == 400 and _INPUT_TOO_LONG.search(failure.message):
+            return dataclasses.replace(failure, code=CONTEXT_LENGTH_EXCEEDED)
+        return failure
