@@ -61,6 +61,8 @@ COHERE_INPUT_TYPES: Final[Mapping[str, str]] = {
 }
 INPUT_TOKENS_HEADER: Final = "X-Amzn-Bedrock-Input-Token-Count"
 PROVIDER: Final = "Bedrock"
+# One InvokeModel call: the indices of the inputs it carries, and its body.
+InvokeCall = tuple[range, dict[str, Any]]
 
 
 def embedding_family(model: str) -> str | None:
@@ -82,10 +84,10 @@ class Plan:
     request: EmbeddingsRequest
     model: str
     family: str
-    calls: tuple[tuple[range, dict[str, Any]], ...]
+    calls: tuple[InvokeCall, ...]
 
 
-def _titan_calls(request: EmbeddingsRequest, family: str, model: str) -> list[Any]:
+def _titan_calls(request: EmbeddingsRequest, family: str, model: str) -> list[InvokeCall]:
     texts = request.text_inputs(PROVIDER)
     request.portable_input_type()  # checked; Titan has no input types
     options: dict[str, Any] = {}
@@ -102,7 +104,7 @@ def _titan_calls(request: EmbeddingsRequest, family: str, model: str) -> list[An
     return [(range(i, i + 1), {"inputText": text, **options}) for i, text in enumerate(texts)]
 
 
-def _cohere_calls(request: EmbeddingsRequest, model: str) -> list[Any]:
+def _cohere_calls(request: EmbeddingsRequest, model: str) -> list[InvokeCall]:
     texts = request.text_inputs(PROVIDER)
     if request.dimensions is not None:
         raise unsupported(f"{model} has a fixed number of dimensions: leave out 'dimensions'")
