@@ -10,6 +10,12 @@ Azure's extras: `prompt_filter_results` and per-choice `content_filter_results`
 (and, in streams, Azure's leading chunk with empty `choices`); errors use
 Azure's shapes (a numeric string `code`, `DeploymentNotFound`, content filter
 results under `innererror`, `Retry-After` and `retry-after-ms` on 429).
+
+`POST /openai/deployments/{embedding_deployment}/embeddings?api-version=...`
+serves embeddings with the same auth and error replies (the queue of
+`AzureReply`); bodies are checked against the openai package's
+`EmbeddingCreateParams` (plus Azure's `input_type`), vectors come from
+tests/fake_embeddings.py.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from openai.types.chat.completion_create_params import (
 )
 from pydantic import TypeAdapter, ValidationError
 
+from tests.fake_embeddings import openai_answer, validate_openai_embeddings
 from tests.processes import serve_app
 
 SCOPE = "https://cognitiveservices.azure.com/.default"
@@ -77,8 +84,11 @@ class FakeAzure:
         client_id: str,
         client_secret: str,
         deployment: str = "gpt-4o",
+        embedding_deployment: str = "text-embedding-3-small",
         token_lifetime_s: int = 3600,
     ) -> None:
+        self.embedding_deployment = embedding_deployment
+        self.embedding_dimensions = 16
         self.api_key = api_key
         self.tenant = tenant
         self.client_id = client_id
@@ -102,6 +112,7 @@ class FakeAzure:
         app = web.Application()
         app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
+        app.router.add_post("/openai/deployments/{deployment}/embeddings", self._embeddings)
         self._runner, self.port = await serve_app(app)
         return self
 
@@ -163,7 +174,8 @@ class FakeAzure:
     ) -> web.Response:
         return web.json_response({"error": error}, status=status, headers=headers or {})
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    def _refusal(self, request: web.Request, deployment: str) -> web.Response | None:
+        """The answer to a request without an API version, credential or deployment."""
         api_version = request.query.get("api-version")
         if not api_version:
             return self._error(404, {"code": "404", "message": "Resource not found"})
@@ -178,7 +190,7 @@ class FakeAzure:
                     "use a correct regional API endpoint for your resource.",
                 },
             )
-        if request.match_info["deployment"] != self.deployment:
+        if request.match_info["deployment"] != deployment:
             return self._error(
                 404,
                 {
@@ -188,6 +200,34 @@ class FakeAzure:
                     "and try again.",
                 },
             )
+        return None
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        refused = self._refusal(request, self.embedding_deployment)
+        if refused is not None:
+            return refused
+        body = await request.json()
+        self.requests.append(
+            {"query": dict(request.query), "headers": dict(request.headers), "json": body}
+        )
+        problem = validate_openai_embeddings(body, extra=frozenset({"input_type"}))
+        if problem is not None:
+            self.rejected.append("invalid_body")
+            return self._error(
+                400, {"code": None, "message": problem, "type": "invalid_request_error"}
+            )
+        reply = self.queue.popleft() if self.queue else AzureReply()
+        if reply.status != 200:
+            return self._error(reply.status, reply.error or {}, reply.headers)
+        answer = openai_answer(
+            body, model="text-embedding-3-small", dimensions=self.embedding_dimensions
+        )
+        return web.json_response(answer)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        refused = self._refusal(request, self.deployment)
+        if refused is not None:
+            return refused
         body = await request.json()
         self.requests.append(
             {"query": dict(request.query), "headers": dict(request.headers), "json": body}

@@ -10,6 +10,9 @@ Converse JSON, or ConverseStream events in real AWS event-stream framing
 (prelude, headers, CRC32s) and AWS's error shapes (`x-amzn-ErrorType` and a
 JSON `message`; exception messages mid-stream).
 
+`InvokeModel` serves the embedding models (Titan Text Embeddings, Cohere
+Embed) with the same checks: see tests/fake_bedrock_embeddings.py.
+
 The STS server answers `AssumeRole` (query protocol, XML), also checking the
 caller's SigV4 signature, and registers the session credentials it issues with
 the Bedrock server, which then accepts them with their session token only.
@@ -46,6 +49,7 @@ from tests.processes import serve_app
 _SERVICE_MODEL = botocore.session.get_session().get_service_model("bedrock-runtime")
 CONVERSE_INPUT = _SERVICE_MODEL.operation_model("Converse").input_shape
 CONVERSE_STREAM_INPUT = _SERVICE_MODEL.operation_model("ConverseStream").input_shape
+INVOKE_MODEL_INPUT = _SERVICE_MODEL.operation_model("InvokeModel").input_shape
 
 _AUTH_RE = re.compile(
     r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
@@ -206,6 +210,8 @@ class FakeBedrock:
         self._runner: web.AppRunner | None = None
         self._hang = asyncio.Event()
         self.gate = asyncio.Event()  # opened by a test (see Reply.gate_exception)
+        # InvokeModel answers carry X-Amzn-Bedrock-Input-Token-Count (false: they do not).
+        self.report_input_tokens = True
 
     @property
     def url(self) -> str:
@@ -218,6 +224,7 @@ class FakeBedrock:
         app = web.Application()
         app.router.add_post("/model/{model_id}/converse", self._converse)
         app.router.add_post("/model/{model_id}/converse-stream", self._converse_stream)
+        app.router.add_post("/model/{model_id}/invoke", self._invoke)
         self._runner, self.port = await serve_app(app, self.host)
         return self
 
@@ -226,6 +233,12 @@ class FakeBedrock:
         self.gate.set()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _invoke(self, request: web.Request) -> web.Response:
+        # Imported here: the embeddings module builds on this one's SigV4 check.
+        from tests.fake_bedrock_embeddings import invoke
+
+        return await invoke(self, request)
 
     @staticmethod
     def _error(kind: str, status: int, message: str) -> web.Response:

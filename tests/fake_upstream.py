@@ -2,12 +2,15 @@
 
 It speaks the OpenAI Chat Completions wire protocol (a `chat.completion` JSON
 answer, or `chat.completion.chunk` SSE events, a usage chunk when
-`stream_options.include_usage` asks for one, then `data: [DONE]`), checks the
-bearer token, records every request, and can misbehave on demand: fail with a
-status, delay its headers or its chunks, break the connection mid-stream, hang,
-or pause at a gate until the test opens it. It counts streams started,
-completed and cancelled, so that a test can assert that a client disconnect
-reached the upstream.
+`stream_options.include_usage` asks for one, then `data: [DONE]`) and the
+embeddings API (`POST /v1/embeddings`: bodies checked against the openai
+package's types, extra fields accepted as vLLM and text-embeddings-inference do,
+vectors from tests/fake_embeddings.py, and TEI's 413 when a batch exceeds
+`max_client_batch_size`), checks the bearer token, records every request, and
+can misbehave on demand: fail with a status, delay its headers or its chunks,
+break the connection mid-stream, hang, or pause at a gate until the test opens
+it. It counts streams started, completed and cancelled, so that a test can
+assert that a client disconnect reached the upstream.
 
     async with FakeUpstream(token="t") as up:
         up.behavior = Behavior(chunk_delay=0.01)   # every request
@@ -28,6 +31,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from tests.fake_embeddings import openai_answer, openai_inputs, validate_openai_embeddings
 from tests.processes import serve_app
 
 DEFAULT_REPLY = "Hello from the fake upstream, streamed word by word."
@@ -98,6 +102,8 @@ class FakeUpstream:
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._hangers: set[asyncio.Event] = set()
+        self.embedding_dimensions = 16  # when the request names no `dimensions`
+        self.max_client_batch_size: int | None = None  # TEI's limit (None: no limit)
 
     @property
     def url(self) -> str:
@@ -107,6 +113,7 @@ class FakeUpstream:
     async def start(self) -> FakeUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
         # handler_cancellation: a client that goes away cancels the handler at
         # once, which is how the fake observes the gateway's cancellation.
@@ -157,7 +164,8 @@ class FakeUpstream:
             self.cancelled_requests += 1
             raise
 
-    async def _answer(self, request: web.Request) -> web.StreamResponse:
+    async def _receive(self, request: web.Request) -> tuple[Any, Behavior, web.Response | None]:
+        """Record the request; (its JSON, its behaviour, the 401 when unauthorized)."""
         raw = await request.read()
         try:
             payload = json.loads(raw)
@@ -178,11 +186,14 @@ class FakeUpstream:
         if self.token is not None and request.headers.get("Authorization") != (
             f"Bearer {self.token}"
         ):
-            return _error(
+            unauthorized = _error(
                 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
             )
-        if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
-            return _error(400, "'messages' is a required property", "invalid_request_error", None)
+            return payload, behavior, unauthorized
+        return payload, behavior, None
+
+    async def _misbehave(self, behavior: Behavior) -> web.Response | None:
+        """Delay, hang, redirect or fail as `behavior` says; None to answer normally."""
         if behavior.delay_headers:
             await asyncio.sleep(behavior.delay_headers)
         if behavior.hang:
@@ -208,6 +219,51 @@ class FakeUpstream:
                 content_type="application/json",
                 headers=behavior.headers,
             )
+        return None
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        try:
+            payload, behavior, refused = await self._receive(request)
+            if refused is not None:
+                return refused
+            problem = validate_openai_embeddings(payload)
+            if problem is not None:
+                return _error(400, problem, "invalid_request_error", None)
+            inputs = openai_inputs(payload["input"])
+            limit = self.max_client_batch_size
+            if limit is not None and len(inputs) > limit:
+                # text-embeddings-inference's answer to a batch over --max-client-batch-size.
+                return web.json_response(
+                    {
+                        "error": f"batch size {len(inputs)} > maximum allowed batch size {limit}",
+                        "error_type": "validation",
+                    },
+                    status=413,
+                )
+            failed = await self._misbehave(behavior)
+            if failed is not None:
+                return failed
+            answer = openai_answer(
+                payload,
+                model=payload.get("model") or self.model,
+                dimensions=self.embedding_dimensions,
+                include_usage=behavior.include_usage,
+                prompt_tokens=behavior.prompt_tokens,
+            )
+            return web.json_response(answer, headers=behavior.headers)
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.cancelled_requests += 1
+            raise
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        payload, behavior, refused = await self._receive(request)
+        if refused is not None:
+            return refused
+        if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
+            return _error(400, "'messages' is a required property", "invalid_request_error", None)
+        failed = await self._misbehave(behavior)
+        if failed is not None:
+            return failed
         model = payload.get("model") or self.model
         words = (behavior.reply if behavior.reply is not None else DEFAULT_REPLY).split(" ")
         pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]

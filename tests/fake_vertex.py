@@ -21,6 +21,8 @@ Prediction API, on `/v1/projects/{project}/locations/{location}/publishers/...`:
 - `anthropic/models/{model}:rawPredict` and `:streamRawPredict`: the Anthropic
   Messages API with the model in the URL and `anthropic_version` in the body
   (`vertex-2023-10-16` or `2026-10-21`), validated against `MessageCreateParams`.
+- `google/models/{model}:predict`: text embeddings (`text-embedding-005`,
+  `gemini-embedding-001`, ...), see tests/fake_vertex_embeddings.py.
 Errors are Google's `{"error": {"code", "message", "status", "details"}}`;
 Claude's own errors keep Anthropic's shape.
 """
@@ -373,6 +375,11 @@ class FakeVertex:
             return await self._gemini(
                 request, body, model, method == "streamGenerateContent", failure
             )
+        if publisher == "google" and method == "predict":
+            # Imported here: the embeddings module builds on this one's error shapes.
+            from tests.fake_vertex_embeddings import predict
+
+            return predict(self, body, model, failure)
         if publisher == "anthropic" and method in ("rawPredict", "streamRawPredict"):
             return await self._claude(request, body, model, method == "streamRawPredict", failure)
         return google_error(

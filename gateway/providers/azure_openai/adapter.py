@@ -27,7 +27,8 @@ from urllib.parse import quote
 import aiohttp
 
 from gateway.errors import ProviderConfigError
-from gateway.providers.adapter import UpstreamRequest
+from gateway.providers.adapter import Codec, UpstreamRequest
+from gateway.providers.azure_openai.embeddings import AzureEmbeddingsCodec
 from gateway.providers.credentials import CredentialStore, Secret, redact_values
 from gateway.providers.failures import (
     MAX_ERROR_MESSAGE,
@@ -165,10 +166,16 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
         return self.credentials.require("api_key")[1]
 
     def url(self, body: Mapping[str, Any], *, stream: bool) -> str:
+        return self.api_url(self.chat_path)
+
+    def api_url(self, path: str) -> str:
         return (
             f"{self.base_url}/openai/deployments/{quote(self.deployment, safe='')}"
-            f"/chat/completions?api-version={quote(self.api_version, safe='')}"
+            f"{path}?api-version={quote(self.api_version, safe='')}"
         )
+
+    def embeddings_codec(self) -> Codec:
+        return AzureEmbeddingsCodec(self)
 
     def auth_headers(self) -> dict[str, str]:
         if self.entra is not None:
@@ -186,7 +193,7 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
             out.pop("stream_options", None)
         return out
 
-    async def prepare(self, body: Mapping[str, Any], *, stream: bool) -> UpstreamRequest:
+    async def _refresh_token(self) -> None:
         if self.entra is not None:
             try:
                 self._entra_token = await self.entra.token()
@@ -194,7 +201,14 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
                 raise AttemptFailed(
                     AttemptFailure(502, "upstream_auth_failed", self.redact(str(err)), True)
                 ) from None
+
+    async def prepare(self, body: Mapping[str, Any], *, stream: bool) -> UpstreamRequest:
+        await self._refresh_token()
         return await super().prepare(body, stream=stream)
+
+    async def request_headers(self) -> dict[str, str]:
+        await self._refresh_token()
+        return await super().request_headers()
 
     async def close(self) -> None:
         if self.entra is not None:

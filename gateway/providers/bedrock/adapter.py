@@ -31,8 +31,15 @@ from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCr
 from yarl import URL
 
 from gateway.errors import ProviderConfigError
-from gateway.providers.adapter import ProviderAdapter, StreamTranslator, UpstreamRequest
+from gateway.providers.adapter import (
+    EMBEDDINGS,
+    Codec,
+    ProviderAdapter,
+    StreamTranslator,
+    UpstreamRequest,
+)
 from gateway.providers.bedrock import translate
+from gateway.providers.bedrock.embeddings import BedrockEmbeddingsCodec, embedding_family
 from gateway.providers.chat import unsupported
 from gateway.providers.credentials import CredentialStore, redact_values
 from gateway.providers.failures import AttemptFailed, AttemptFailure, header
@@ -174,10 +181,26 @@ class BedrockAdapter(ProviderAdapter):
         await self.aws.close()
 
     def url(self, model: str, *, stream: bool) -> str:
-        action = "converse-stream" if stream else "converse"
+        return self.model_url(model, "converse-stream" if stream else "converse")
+
+    def model_url(self, model: str, action: str) -> str:
+        """`{endpoint}/model/{modelId}/{action}` (`converse`, `invoke`, ...)."""
         raw = f"{self.base_url}/model/{quote(model, safe='')}/{action}"
         # Sign exactly the URL aiohttp will send (yarl normalises the quoting).
         return str(URL(raw))
+
+    def build_codec(self, operation: str) -> Codec | None:
+        if operation == EMBEDDINGS:
+            return self.embeddings_codec()
+        return super().build_codec(operation)
+
+    def embeddings_codec(self) -> Codec | None:
+        """InvokeModel for Titan Text Embeddings and Cohere Embed; None when the
+        endpoint names a model of neither family."""
+        model = self.endpoint.model
+        if model and embedding_family(model) is None:
+            return None
+        return BedrockEmbeddingsCodec(self)
 
     async def _credentials(self) -> ReadOnlyCredentials:
         try:
@@ -196,16 +219,20 @@ class BedrockAdapter(ProviderAdapter):
         if not model:
             raise unsupported("no model: the endpoint names none and the request gives none")
         payload = encode_body(translate.build_converse_request(body))
+        return await self.signed_request(
+            self.url(model, stream=stream),
+            payload,
+            accept=STREAM_CONTENT_TYPE if stream else "application/json",
+        )
+
+    async def signed_request(self, url: str, payload: bytes, *, accept: str) -> UpstreamRequest:
+        """A JSON `POST url`, signed with SigV4 by the endpoint's current credentials."""
         creds = await self._credentials()
-        url = self.url(model, stream=stream)
         request = AWSRequest(
             method="POST",
             url=url,
             data=payload,
-            headers={
-                "Content-Type": "application/json",
-                "Accept": STREAM_CONTENT_TYPE if stream else "application/json",
-            },
+            headers={"Content-Type": "application/json", "Accept": accept},
         )
         SigV4Auth(creds, SIGNING_NAME, self.region).add_auth(request)
         return UpstreamRequest("POST", url, dict(request.headers.items()), payload)

@@ -14,10 +14,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.errors import ProviderConfigError
-from gateway.providers.adapter import ProviderAdapter, StreamTranslator, UpstreamRequest
+from gateway.providers.adapter import (
+    EMBEDDINGS,
+    Codec,
+    ProviderAdapter,
+    StreamTranslator,
+    UpstreamRequest,
+)
 from gateway.providers.credentials import CredentialStore, Secret
 from gateway.providers.failures import AttemptFailure
 from gateway.providers.openai_compatible import translate
+from gateway.providers.openai_compatible.embeddings import OpenAIEmbeddingsCodec
 from gateway.providers.usage import Usage
 from gateway.providers.wire import encode_body
 from translator.registry import Endpoint
@@ -38,6 +45,9 @@ class OpenAICompatibleAdapter(ProviderAdapter):
     chat_path = "/chat/completions"
     requires_credential = False
     default_base_url: str | None = None
+    # Inputs per embeddings request: text-embeddings-inference refuses more than
+    # 32 by default (`--max-client-batch-size`); OpenAI takes 2048.
+    embeddings_batch = 32
 
     def __init__(self, endpoint: Endpoint, credentials: CredentialStore) -> None:
         super().__init__(endpoint, credentials)
@@ -57,16 +67,33 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         return None
 
     def url(self, body: Mapping[str, Any], *, stream: bool) -> str:
+        return self.api_url(self.chat_path)
+
+    def api_url(self, path: str) -> str:
+        """The URL of the API's `path` (`/chat/completions`, `/embeddings`)."""
         if self.flavor in SELF_HOSTED_FLAVORS and not self.base_url.endswith("/v1"):
             # vLLM, TGI and TensorRT-LLM serve the API under /v1 of the server:
             # a base_url that is the server's root (or a proxy prefix) gets it.
-            return self.base_url + "/v1" + self.chat_path
-        return self.base_url + self.chat_path
+            return self.base_url + "/v1" + path
+        return self.base_url + path
 
     def auth_headers(self) -> dict[str, str]:
         if self._token is None:
             return {}
         return {"Authorization": f"Bearer {self._token.reveal()}"}
+
+    async def request_headers(self) -> dict[str, str]:
+        """Headers of a JSON request with the current credential (codecs of other
+        operations call this; subclasses refresh tokens here)."""
+        return {"Content-Type": "application/json", **self.auth_headers()}
+
+    def build_codec(self, operation: str) -> Codec | None:
+        if operation == EMBEDDINGS:
+            return self.embeddings_codec()
+        return super().build_codec(operation)
+
+    def embeddings_codec(self) -> Codec:
+        return OpenAIEmbeddingsCodec(self, max_batch=self.embeddings_batch)
 
     def upstream_body(self, body: Mapping[str, Any], *, stream: bool) -> dict[str, Any]:
         return translate.build_request_body(body, model=self.endpoint.model, stream=stream)
@@ -101,6 +128,7 @@ class OpenAIAdapter(OpenAICompatibleAdapter):
 
     requires_credential = True
     default_base_url = OPENAI_BASE_URL
+    embeddings_batch = 2048
 
     def auth_headers(self) -> dict[str, str]:
         headers = super().auth_headers()

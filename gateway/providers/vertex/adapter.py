@@ -25,7 +25,13 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from gateway.errors import ProviderConfigError
-from gateway.providers.adapter import ProviderAdapter, StreamTranslator, UpstreamRequest
+from gateway.providers.adapter import (
+    EMBEDDINGS,
+    Codec,
+    ProviderAdapter,
+    StreamTranslator,
+    UpstreamRequest,
+)
 from gateway.providers.anthropic import translate as anthropic_translate
 from gateway.providers.anthropic.adapter import AnthropicAdapter
 from gateway.providers.chat import check_model_name
@@ -34,6 +40,7 @@ from gateway.providers.failures import AttemptFailure
 from gateway.providers.usage import Usage
 from gateway.providers.vertex import gemini
 from gateway.providers.vertex.auth import AccessTokens, load_service_account
+from gateway.providers.vertex.embeddings import VertexEmbeddingsCodec
 from gateway.providers.wire import encode_body
 from translator.registry import Endpoint
 
@@ -94,6 +101,15 @@ class VertexGeminiAdapter(ProviderAdapter):
         self.site = VertexSite(endpoint, credentials)
         default = endpoint.options.get("max_tokens_default")
         self.max_tokens_default = int(default) if default is not None else None
+
+    def build_codec(self, operation: str) -> Codec | None:
+        if operation == EMBEDDINGS:
+            return self.embeddings_codec()
+        return super().build_codec(operation)
+
+    def embeddings_codec(self) -> Codec:
+        """`:predict` for text-embedding-005, gemini-embedding-001 and their kin."""
+        return VertexEmbeddingsCodec(self)
 
     async def prepare(self, body: Mapping[str, Any], *, stream: bool) -> UpstreamRequest:
         model = check_model_name(self.upstream_model(body))
