@@ -45,11 +45,15 @@ async def test_embeddings_never_reach_a_chat_endpoint(
         await sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         globex = openai.AsyncOpenAI(base_url=gw.base_url, api_key=gw.keys["globex"], max_retries=0)
         gw.clients.append(globex)
-        with pytest.raises(openai.APIStatusError):
-            # Routed (private-embeddings, then openai-embeddings, never private-gpu);
-            # the fake upstreams of this harness speak no embeddings.
-            await globex.embeddings.create(model="bge", input="hello")
-        assert sum(gw.upstream_requests().values()) == 1  # the chat request only
+        # Routed to private-embeddings, with openai-embeddings (never private-gpu) behind it.
+        gw.upstreams["private-embeddings"].fail(503)
+        vectors = await globex.embeddings.create(model="bge", input="hello")
+        assert len(vectors.data) == 1
+        assert {k: v for k, v in gw.upstream_requests().items() if v} == {
+            "private-gpu": 1,  # the chat request
+            "private-embeddings": 1,
+            "openai-embeddings": 1,
+        }
         denied, chat, embedding = await gw.audit_records()
         assert (denied["operation"], denied["status"], denied["route_to"]) == (
             "embeddings",
@@ -64,5 +68,9 @@ async def test_embeddings_never_reach_a_chat_endpoint(
         assert embedding["operation"] == "embeddings"
         assert embedding["route_to"] == "private-embeddings"
         assert embedding["fallback"] == ["openai-embeddings"]
+        assert [(a["endpoint"], a["status"]) for a in embedding["attempts"]] == [
+            ("private-embeddings", 503),
+            ("openai-embeddings", 200),
+        ]
     finally:
         await gw.close()
