@@ -31,8 +31,15 @@ from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCr
 from yarl import URL
 
 from gateway.errors import ProviderConfigError
-from gateway.providers.adapter import ProviderAdapter, StreamTranslator, UpstreamRequest
-from gateway.providers.bedrock import translate
+from gateway.providers.adapter import (
+    MESSAGES,
+    Codec,
+    ProviderAdapter,
+    StreamTranslator,
+    UpstreamRequest,
+)
+from gateway.providers.anthropic.messages import COUNT_TOKENS
+from gateway.providers.bedrock import invoke, translate
 from gateway.providers.chat import unsupported
 from gateway.providers.credentials import CredentialStore, redact_values
 from gateway.providers.failures import AttemptFailed, AttemptFailure, header
@@ -173,11 +180,21 @@ class BedrockAdapter(ProviderAdapter):
     async def close(self) -> None:
         await self.aws.close()
 
-    def url(self, model: str, *, stream: bool) -> str:
-        action = "converse-stream" if stream else "converse"
+    def build_codec(self, operation: str) -> Codec | None:
+        # Claude models also take Anthropic's Messages API through InvokeModel.
+        if operation in (MESSAGES, COUNT_TOKENS) and invoke.serves_messages(self.endpoint):
+            if operation == MESSAGES:
+                return invoke.BedrockMessagesCodec(self)
+            return invoke.BedrockCountTokensCodec(self)
+        return super().build_codec(operation)
+
+    def model_url(self, model: str, action: str) -> str:
         raw = f"{self.base_url}/model/{quote(model, safe='')}/{action}"
         # Sign exactly the URL aiohttp will send (yarl normalises the quoting).
         return str(URL(raw))
+
+    def url(self, model: str, *, stream: bool) -> str:
+        return self.model_url(model, "converse-stream" if stream else "converse")
 
     async def _credentials(self) -> ReadOnlyCredentials:
         try:
@@ -196,8 +213,11 @@ class BedrockAdapter(ProviderAdapter):
         if not model:
             raise unsupported("no model: the endpoint names none and the request gives none")
         payload = encode_body(translate.build_converse_request(body))
+        return await self.signed(self.url(model, stream=stream), payload, stream=stream)
+
+    async def signed(self, url: str, payload: bytes, *, stream: bool) -> UpstreamRequest:
+        """A POST of `payload` to `url`, signed with SigV4."""
         creds = await self._credentials()
-        url = self.url(model, stream=stream)
         request = AWSRequest(
             method="POST",
             url=url,
