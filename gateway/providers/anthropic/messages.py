@@ -44,13 +44,21 @@ from gateway.providers.usage import (
     Usage,
     estimate_text_tokens,
 )
-from gateway.providers.wire import encode_body
+from gateway.providers.wire import encode_body, passthrough_body
 
 if TYPE_CHECKING:
     from gateway.providers.anthropic.adapter import AnthropicAdapter
 
 COUNT_TOKENS: Final = "count_tokens"
 """The codec key of `POST /v1/messages/count_tokens` (policy sees operation `messages`)."""
+
+__all__ = [
+    "COUNT_TOKENS",
+    "AnthropicCountTokensCodec",
+    "AnthropicMessagesCodec",
+    "MessagesStream",
+    "passthrough_body",
+]
 
 # Client headers a native Messages codec forwards (lower-case, as Call.headers has them).
 VERSION_HEADER: Final = "anthropic-version"
@@ -64,29 +72,6 @@ IMAGE_TOKENS: Final = 1600
 
 # ---------------------------------------------------------------------------
 # Request.
-
-
-def passthrough_body(
-    body: Mapping[str, Any],
-    model: str | None,
-    *,
-    drop: tuple[str, ...] = (),
-    first: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The client's body with `model` replaced in place (its key order kept).
-
-    `drop` removes keys (a provider that takes the model in its URL); `first`
-    puts provider fields before the client's (Vertex and Bedrock's
-    `anthropic_version`).
-    """
-    out: dict[str, Any] = dict(first or {})
-    for key, value in body.items():
-        if key in drop:
-            continue
-        out[key] = model if key == "model" and model else value
-    if model and "model" not in body and "model" not in drop:
-        out["model"] = model
-    return out
 
 
 def client_headers(call: Call, *, default_version: str | None) -> dict[str, str]:

@@ -11,11 +11,20 @@ The `anthropic` SDKs pick their exception class by HTTP status (400
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, Final
 
 from gateway.providers.failures import AttemptFailure
+from gateway.providers.wire import event_frame, raw_event_frame
+
+__all__ = [
+    "ERROR_TYPES",
+    "error_body",
+    "error_event",
+    "error_type",
+    "event_frame",
+    "raw_event_frame",
+]
 
 # Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
 ERROR_TYPES: Final[Mapping[int, str]] = {
@@ -44,18 +53,6 @@ def error_type(status: int) -> str:
 
 def error_body(status: int, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": error_type(status), "message": message}}
-
-
-def event_frame(name: str, payload: Mapping[str, Any]) -> bytes:
-    """One Anthropic SSE event with its `event:` name."""
-    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    return b"event: " + name.encode() + b"\ndata: " + data.encode() + b"\n\n"
-
-
-def raw_event_frame(name: str, data: bytes) -> bytes:
-    """An upstream event re-framed with its data bytes untouched."""
-    lines = b"".join(b"data: " + line + b"\n" for line in data.split(b"\n"))
-    return b"event: " + name.encode() + b"\n" + lines + b"\n"
 
 
 def error_event(failure: AttemptFailure) -> bytes:

@@ -27,7 +27,8 @@ from urllib.parse import quote
 import aiohttp
 
 from gateway.errors import ProviderConfigError
-from gateway.providers.adapter import UpstreamRequest
+from gateway.providers.adapter import RESPONSES, Codec, UpstreamRequest
+from gateway.providers.azure_openai.responses import AzureResponsesCodec
 from gateway.providers.credentials import CredentialStore, Secret, redact_values
 from gateway.providers.failures import (
     MAX_ERROR_MESSAGE,
@@ -186,7 +187,13 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
             out.pop("stream_options", None)
         return out
 
-    async def prepare(self, body: Mapping[str, Any], *, stream: bool) -> UpstreamRequest:
+    def build_codec(self, operation: str) -> Codec | None:
+        if operation == RESPONSES:
+            return AzureResponsesCodec(self)  # passed through: .responses
+        return super().build_codec(operation)
+
+    async def fetch_token(self) -> None:
+        """Have the Entra ID token ready for auth_headers() (no-op with an api-key)."""
         if self.entra is not None:
             try:
                 self._entra_token = await self.entra.token()
@@ -194,6 +201,9 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
                 raise AttemptFailed(
                     AttemptFailure(502, "upstream_auth_failed", self.redact(str(err)), True)
                 ) from None
+
+    async def prepare(self, body: Mapping[str, Any], *, stream: bool) -> UpstreamRequest:
+        await self.fetch_token()
         return await super().prepare(body, stream=stream)
 
     async def close(self) -> None:

@@ -36,14 +36,13 @@ from gateway.providers.anthropic.messages import (
     estimate_message_usage,
     estimate_messages_tokens,
     parse_message,
-    passthrough_body,
 )
 from gateway.providers.bedrock.eventstream import EventStreamDecoder, EventStreamError
 from gateway.providers.bedrock.translate import stream_failure
 from gateway.providers.chat import bad_response, json_answer, stream_truncated, unsupported
 from gateway.providers.failures import AttemptFailed, AttemptFailure
 from gateway.providers.usage import Usage
-from gateway.providers.wire import encode_body
+from gateway.providers.wire import encode_body, passthrough_body
 from translator.registry import Endpoint
 
 if TYPE_CHECKING:

@@ -14,10 +14,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.errors import ProviderConfigError
-from gateway.providers.adapter import ProviderAdapter, StreamTranslator, UpstreamRequest
+from gateway.providers.adapter import (
+    RESPONSES,
+    Codec,
+    ProviderAdapter,
+    StreamTranslator,
+    UpstreamRequest,
+)
 from gateway.providers.credentials import CredentialStore, Secret
 from gateway.providers.failures import AttemptFailure
 from gateway.providers.openai_compatible import translate
+from gateway.providers.openai_compatible.responses import OpenAIResponsesCodec
 from gateway.providers.usage import Usage
 from gateway.providers.wire import encode_body
 from translator.registry import Endpoint
@@ -101,6 +108,11 @@ class OpenAIAdapter(OpenAICompatibleAdapter):
 
     requires_credential = True
     default_base_url = OPENAI_BASE_URL
+
+    def build_codec(self, operation: str) -> Codec | None:
+        if operation == RESPONSES:
+            return OpenAIResponsesCodec(self)  # passed through: .responses
+        return super().build_codec(operation)
 
     def auth_headers(self) -> dict[str, str]:
         headers = super().auth_headers()

@@ -21,8 +21,8 @@ from gateway.providers.anthropic.messages import (
     BETA_HEADER,
     AnthropicCountTokensCodec,
     AnthropicMessagesCodec,
-    passthrough_body,
 )
+from gateway.providers.wire import passthrough_body
 
 if TYPE_CHECKING:
     from gateway.providers.vertex.adapter import VertexAnthropicAdapter
