@@ -17,8 +17,9 @@ Messages body given as the InvokeModel body, base64 in `input.invokeModel.body`.
 
 Which endpoints: a `bedrock` endpoint whose model id names an Anthropic model
 (`anthropic.claude-...`, cross-region profiles such as `us.anthropic.claude-...`,
-and ARNs that contain them); `anthropic_messages: true|false` in the registry
-entry says so for models whose id does not tell (application inference profiles).
+and ARNs that contain them); `messages_api: invoke` (or `converse`, to translate
+to Converse instead) in the registry entry decides for model ids that do not
+tell (application inference profiles).
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ COUNT_TOKENS_MAX_TOKENS: Final = 1
 
 def serves_messages(endpoint: Endpoint) -> bool:
     """Whether the endpoint's model takes Anthropic's Messages API through InvokeModel."""
-    explicit = endpoint.options.get("anthropic_messages")
-    if isinstance(explicit, bool):
-        return explicit
+    explicit = endpoint.options.get("messages_api")
+    if explicit is not None:
+        return explicit == "invoke"
     model = (endpoint.model or "").lower()
     return "anthropic.claude" in model or model.startswith("claude")
 
