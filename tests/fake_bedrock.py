@@ -10,6 +10,14 @@ Converse JSON, or ConverseStream events in real AWS event-stream framing
 (prelude, headers, CRC32s) and AWS's error shapes (`x-amzn-ErrorType` and a
 JSON `message`; exception messages mid-stream).
 
+For Claude models it also serves InvokeModel (`/model/{id}/invoke`),
+InvokeModelWithResponseStream (`/invoke-with-response-stream`: each Anthropic
+event base64 in a `chunk` event's `bytes`, the last with Bedrock's
+`amazon-bedrock-invocationMetrics`) and CountTokens (`/count-tokens`), with
+Anthropic's Messages body checked as Bedrock takes it (`anthropic_version:
+bedrock-2023-05-31`, no `model` or `stream`, `anthropic_beta` a list) and
+against the `anthropic` package's `MessageCreateParams`.
+
 The STS server answers `AssumeRole` (query protocol, XML), also checking the
 caller's SigV4 signature, and registers the session credentials it issues with
 the Bedrock server, which then accepts them with their session token only.
@@ -22,6 +30,7 @@ the Bedrock server, which then accepts them with their session token only.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import itertools
 import json
@@ -41,11 +50,21 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 from botocore.validate import ParamValidator
 
+from tests.fake_anthropic import (
+    ClaudeResponder,
+    ClaudeSimulator,
+    count_tokens,
+    validate_count_tokens,
+    validate_request,
+)
 from tests.processes import serve_app
 
 _SERVICE_MODEL = botocore.session.get_session().get_service_model("bedrock-runtime")
 CONVERSE_INPUT = _SERVICE_MODEL.operation_model("Converse").input_shape
 CONVERSE_STREAM_INPUT = _SERVICE_MODEL.operation_model("ConverseStream").input_shape
+INVOKE_INPUT = _SERVICE_MODEL.operation_model("InvokeModel").input_shape
+COUNT_TOKENS_INPUT = _SERVICE_MODEL.operation_model("CountTokens").input_shape
+BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
 
 _AUTH_RE = re.compile(
     r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
@@ -192,6 +211,7 @@ class Received:
     model_id: str
     headers: dict[str, str]
     json: Any
+    raw: bytes = b""
 
 
 class FakeBedrock:
@@ -206,6 +226,8 @@ class FakeBedrock:
         self._runner: web.AppRunner | None = None
         self._hang = asyncio.Event()
         self.gate = asyncio.Event()  # opened by a test (see Reply.gate_exception)
+        self.claude = ClaudeResponder(ClaudeSimulator())  # InvokeModel's Claude
+        self.invoke_errors: deque[tuple[str, int, str]] = deque()  # next InvokeModel errors
 
     @property
     def url(self) -> str:
@@ -218,6 +240,9 @@ class FakeBedrock:
         app = web.Application()
         app.router.add_post("/model/{model_id}/converse", self._converse)
         app.router.add_post("/model/{model_id}/converse-stream", self._converse_stream)
+        app.router.add_post("/model/{model_id}/invoke", self._invoke)
+        app.router.add_post("/model/{model_id}/invoke-with-response-stream", self._invoke_stream)
+        app.router.add_post("/model/{model_id}/count-tokens", self._count_tokens)
         self._runner, self.port = await serve_app(app, self.host)
         return self
 
@@ -390,6 +415,127 @@ class FakeBedrock:
                 await response.write(message)
         await response.write_eof()
         return response
+
+    # -- InvokeModel with Claude: Anthropic's Messages body, Bedrock's framing --
+
+    async def _signed_body(self, request: web.Request) -> tuple[bytes, str] | web.Response:
+        body = await request.read()
+        model_id = unquote(request.raw_path.split("/")[2])
+        problem = verify_sigv4(
+            request, body, service="bedrock", region=self.region, secrets=self.secrets
+        )
+        if problem is not None:
+            self.rejected.append(problem[0])
+            return self._error(problem[0], 403, problem[1])
+        return body, model_id
+
+    def _claude_body(self, raw: bytes, model_id: str) -> dict[str, Any] | web.Response:
+        """The Messages body of an InvokeModel body, or Bedrock's 400."""
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        problem = None
+        if not isinstance(body, dict) or body.get("anthropic_version") != BEDROCK_ANTHROPIC_VERSION:
+            problem = f"anthropic_version: must be {BEDROCK_ANTHROPIC_VERSION}"
+        elif "model" in body or "stream" in body:
+            problem = "extraneous key [model/stream] is not permitted"
+        else:
+            beta = body.get("anthropic_beta", [])
+            if not isinstance(beta, list) or not all(isinstance(b, str) for b in beta):
+                problem = "anthropic_beta: must be a list of strings"
+        if problem is None:
+            assert isinstance(body, dict)
+            rest = {
+                k: v for k, v in body.items() if k not in ("anthropic_version", "anthropic_beta")
+            }
+            problem = validate_request({"model": model_id, **rest}, version="2023-06-01")
+        if problem is not None:
+            self.rejected.append("ValidationException")
+            return self._error("ValidationException", 400, problem)
+        return {"model": model_id, **rest}
+
+    async def _invoke_checked(
+        self, request: web.Request, *, stream: bool
+    ) -> web.Response | tuple[dict[str, Any], str]:
+        signed = await self._signed_body(request)
+        if isinstance(signed, web.Response):
+            return signed
+        raw, model_id = signed
+        self.requests.append(
+            Received(request.path, model_id, dict(request.headers), json.loads(raw), raw)
+        )
+        shape_input = {"modelId": model_id, "body": raw, "contentType": "application/json"}
+        report = ParamValidator().validate(shape_input, INVOKE_INPUT)
+        if report.has_errors():
+            return self._error("ValidationException", 400, report.generate_report())
+        body = self._claude_body(raw, model_id)
+        if isinstance(body, web.Response):
+            return body
+        if self.invoke_errors:
+            kind, status, message = self.invoke_errors.popleft()
+            return self._error(kind, status, message)
+        return body, model_id
+
+    async def _invoke(self, request: web.Request) -> web.Response:
+        checked = await self._invoke_checked(request, stream=False)
+        if isinstance(checked, web.Response):
+            return checked
+        body, model_id = checked
+        return web.json_response(self.claude.message(body, model_id))
+
+    async def _invoke_stream(self, request: web.Request) -> web.StreamResponse:
+        checked = await self._invoke_checked(request, stream=True)
+        if isinstance(checked, web.Response):
+            return checked
+        body, model_id = checked
+        events = [payload for _, payload in self.claude.events(body, model_id)]
+        messages = []
+        for anthropic_event in events:
+            payload = anthropic_event
+            if payload["type"] == "message_stop":
+                payload = {
+                    **anthropic_event,
+                    "amazon-bedrock-invocationMetrics": {
+                        "inputTokenCount": 3,
+                        "outputTokenCount": 4,
+                        "invocationLatency": 420,
+                        "firstByteLatency": 120,
+                    },
+                }
+            data = base64.b64encode(json.dumps(payload).encode()).decode()
+            messages.append(event("chunk", {"bytes": data}))
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/vnd.amazon.eventstream",
+                "x-amzn-RequestId": "4b1e1d1c-0000-4000-8000-000000000003",
+            }
+        )
+        await response.prepare(request)
+        for message in messages:
+            await response.write(message)
+        await response.write_eof()
+        return response
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        signed = await self._signed_body(request)
+        if isinstance(signed, web.Response):
+            return signed
+        raw, model_id = signed
+        payload = json.loads(raw)
+        self.requests.append(Received(request.path, model_id, dict(request.headers), payload, raw))
+        report = ParamValidator().validate({"modelId": model_id, **payload}, COUNT_TOKENS_INPUT)
+        if report.has_errors():
+            return self._error("ValidationException", 400, report.generate_report())
+        inner = base64.b64decode(payload["input"]["invokeModel"]["body"])
+        body = self._claude_body(inner, model_id)
+        if isinstance(body, web.Response):
+            return body
+        counted = {k: v for k, v in body.items() if k != "max_tokens"}
+        problem = validate_count_tokens(counted)
+        if problem is not None:
+            return self._error("ValidationException", 400, problem)
+        return web.json_response({"inputTokens": count_tokens(counted)})
 
 
 # ---------------------------------------------------------------------------

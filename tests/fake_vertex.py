@@ -20,7 +20,9 @@ Prediction API, on `/v1/projects/{project}/locations/{location}/publishers/...`:
   requires), `MAX_TOKENS`, stop sequences.
 - `anthropic/models/{model}:rawPredict` and `:streamRawPredict`: the Anthropic
   Messages API with the model in the URL and `anthropic_version` in the body
-  (`vertex-2023-10-16` or `2026-10-21`), validated against `MessageCreateParams`.
+  (`vertex-2023-10-16` or `2026-10-21`), validated against `MessageCreateParams`;
+  `anthropic/models/count-tokens:rawPredict`: Anthropic's count_tokens body
+  (the model in it), validated against `MessageCountTokensParams`.
 Errors are Google's `{"error": {"code", "message", "status", "details"}}`;
 Claude's own errors keep Anthropic's shape.
 """
@@ -52,6 +54,8 @@ from tests.fake_anthropic import (
     ClaudeSimulator,
     Failure,
     anthropic_error,
+    count_tokens,
+    validate_count_tokens,
     validate_request,
     write_events,
 )
@@ -141,6 +145,7 @@ class Recorded:
     query: str
     headers: CIMultiDict[str]
     json: Any
+    raw: bytes = b""
 
 
 class GeminiSimulator:
@@ -351,7 +356,7 @@ class FakeVertex:
         except ValueError:
             body = None
         self.requests.append(
-            Recorded(request.path, request.query_string, CIMultiDict(request.headers), body)
+            Recorded(request.path, request.query_string, CIMultiDict(request.headers), body, raw)
         )
         if not self._authorized(request):
             return google_error(
@@ -373,6 +378,8 @@ class FakeVertex:
             return await self._gemini(
                 request, body, model, method == "streamGenerateContent", failure
             )
+        if publisher == "anthropic" and model == "count-tokens" and method == "rawPredict":
+            return self._count_tokens(body)
         if publisher == "anthropic" and method in ("rawPredict", "streamRawPredict"):
             return await self._claude(request, body, model, method == "streamRawPredict", failure)
         return google_error(
@@ -481,6 +488,14 @@ class FakeVertex:
             await asyncio.sleep(0)
         await response.write_eof()
         return response
+
+    def _count_tokens(self, body: Any) -> web.Response:
+        """Claude's count-tokens: Anthropic's count_tokens body, the model in it."""
+        problem = validate_count_tokens(body)
+        if problem is not None:
+            self.invalid.append(problem)
+            return anthropic_error(400, "invalid_request_error", problem)
+        return web.json_response({"input_tokens": count_tokens(body)})
 
     async def _claude(
         self,
