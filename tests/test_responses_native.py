@@ -220,7 +220,8 @@ def test_the_passthrough_holds_lifecycle_events_and_ends_with_response_failed() 
     assert [payload for _, payload in sse_events(b"".join(frames))] == [created, delta]
     with pytest.raises(AttemptFailed) as info:
         stream.feed(
-            b'event: error\ndata: {"type":"error","code":"server_error","message":"x","sequence_number":2}\n\n'
+            b"event: error\ndata: "
+            b'{"type":"error","code":"server_error","message":"x","sequence_number":2}\n\n'
         )
     (failed,) = stream.error_frames(info.value.failure)
     ((name, payload),) = sse_events(failed)
