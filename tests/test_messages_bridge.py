@@ -468,9 +468,10 @@ def test_a_chat_stream_becomes_events_the_sdk_accumulates() -> None:
     frames += translator.finish()
     events = sse_events(b"".join(frames))
     assert [name for name, _ in events] == [
-        "message_start", "ping", "content_block_start", "content_block_delta", "content_block_delta",
-        "content_block_stop", "content_block_start", "content_block_delta", "content_block_delta",
-        "content_block_stop", "message_delta", "message_stop",
+        "message_start", "ping",
+        "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
+        "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
+        "message_delta", "message_stop",
     ]  # fmt: skip
     snapshot = None
     buffers: dict[int, bytes] = {}
