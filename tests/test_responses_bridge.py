@@ -191,7 +191,8 @@ def test_a_string_input_and_an_openai_target() -> None:
         ({"background": True}, None),
         (
             {"tools": [{"type": "web_search"}]},
-            "hosted tools ('web_search') need an OpenAI endpoint; only function tools are translated",
+            "hosted tools ('web_search') need an OpenAI endpoint; "
+            "only function tools are translated",
         ),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, None),
         (

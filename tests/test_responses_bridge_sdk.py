@@ -126,7 +126,7 @@ async def test_create_and_stream_through_a_translated_anthropic_endpoint(
 async def test_a_function_calling_round_trip(
     claude: tuple[FakeAnthropic, CodecRelay, openai.AsyncOpenAI],
 ) -> None:
-    fake, relay, client = claude
+    fake, _, client = claude
     ask = {"role": "user", "content": 'Call get_weather {"city": "Oslo"}'}
     async with client.responses.stream(model="gpt-5", input=[ask], tools=TOOLS) as stream:  # type: ignore[list-item]
         first = await stream.get_final_response()
@@ -222,7 +222,8 @@ async def test_failures_after_the_first_event_end_with_response_failed() -> None
     )
     assert (
         translator.feed(
-            b'data: {"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+            b'data: {"id":"c","choices":[{"index":0,'
+            b'"delta":{"role":"assistant","content":""}}]}\n\n'
         )
         == []
     )
