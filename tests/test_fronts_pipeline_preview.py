@@ -108,11 +108,21 @@ async def test_messages_natively_and_by_translation_with_failover(env: Env) -> N
             "message": "max_tokens: field required (an integer of at least 1)",
         },
     }
+    # What the translation to Gemini cannot carry: a 400, streamed or not.
+    pdf = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}
+    document = {"type": "document", "source": pdf}
+    with pytest.raises(anthropic.BadRequestError) as info:
+        async with client.messages.stream(
+            model="vertex-gemini", max_tokens=5, messages=[{"role": "user", "content": [document]}]
+        ) as refused:
+            await refused.get_final_message()
+    assert info.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
     records = await env.gateway.audit_records()
     assert [(r["operation"], r["endpoint"], r["status"]) for r in records] == [
         ("messages", "anthropic", 200),
         ("messages", "vertex-gemini", 200),
         ("messages", None, 400),
+        ("messages", "vertex-gemini", 400),
     ]
 
 

@@ -170,6 +170,7 @@ def test_openai_targets_get_their_token_field_reasoning_effort_and_pdfs() -> Non
                             "media_type": "text/plain",
                             "data": "plain words",
                         },
+                        "citations": {"enabled": True},
                     },
                 ],
             }
@@ -204,7 +205,10 @@ def test_openai_targets_get_their_token_field_reasoning_effort_and_pdfs() -> Non
         "reasoning_effort": "high",
     }
     check(chat, CompletionCreateParamsNonStreaming)
-    assert notes == ["thinking: sent as reasoning_effort high"]
+    assert notes == [
+        "citations: dropped (Chat Completions answers carry no citations)",
+        "thinking: sent as reasoning_effort high",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -331,3 +331,19 @@ async def test_a_tool_use_round_trip_through_a_translated_azure_deployment() -> 
     finally:
         await adapter.close()
         await fake.close()
+
+
+async def test_a_request_the_bridge_refuses_is_refused_by_prepare_even_streamed() -> None:
+    bridge = messages_codec(vllm_adapter("http://vllm.test"))
+    assert isinstance(bridge, MessagesBridge)
+    body = {"model": "m", "max_tokens": 5, "stream": True, "frobnicate": 1, "messages": []}
+    call = Call(MESSAGES, body, True)
+    # What the forwarder asks before it prepares must not raise.
+    assert bridge.upstream_model(call) == "meta-llama/Llama-3.1-8B-Instruct"
+    translator = bridge.stream_translator(call)
+    assert bridge.dropped(call) == []
+    with pytest.raises(AttemptFailed) as info:
+        await bridge.prepare(call)
+    assert info.value.failure.code == "unsupported_request"
+    with pytest.raises(AttemptFailed):
+        translator.feed(b"data: [DONE]\n\n")

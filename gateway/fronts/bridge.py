@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from gateway.providers.adapter import CHAT, Call, ProviderAdapter
+from gateway.providers.adapter import CHAT, Call, Codec, ProviderAdapter, StreamTranslator
 from gateway.providers.chat import bad_response
 from gateway.providers.failures import (
     MAX_ERROR_MESSAGE,
@@ -193,3 +193,26 @@ def tool_arguments(raw: Any, call_id: str) -> dict[str, Any]:
             bad_response(f"the model's arguments for tool call '{call_id}' are not a JSON object")
         )
     return value
+
+
+class Refused(StreamTranslator):
+    """The translator of a request the bridge cannot translate: `prepare` refuses
+    it first (a 400), so this is never fed; if it is, it refuses too."""
+
+    def __init__(self, failure: AttemptFailure) -> None:
+        self.failure = failure
+
+    def feed(self, data: bytes) -> list[bytes]:
+        raise AttemptFailed(self.failure)
+
+    def finish(self) -> list[bytes]:
+        raise AttemptFailed(self.failure)
+
+    @property
+    def usage(self) -> Usage | None:
+        return None
+
+
+def model_of(inner: Codec, call: Call) -> str | None:
+    """The inner codec's model for a call whose body could not be translated."""
+    return inner.upstream_model(Call(CHAT, {"model": call.body.get("model")}))

@@ -26,7 +26,15 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-from gateway.fronts.bridge import ChatTarget, Notes, chat_call, first_choice, tool_arguments
+from gateway.fronts.bridge import (
+    ChatTarget,
+    Notes,
+    Refused,
+    chat_call,
+    first_choice,
+    model_of,
+    tool_arguments,
+)
 from gateway.fronts.messages_stream import (
     MessagesBridgeStream,
     matched_stop,
@@ -213,6 +221,9 @@ def _user(content: Any, notes: Notes, target: ChatTarget, index: int) -> list[di
             parts.append(_image_part(block))
         elif kind == "document":
             parts.append(_document_part(block, target))
+            citations = block.get("citations")
+            if isinstance(citations, Mapping) and citations.get("enabled"):
+                notes.dropped("citations", "Chat Completions answers carry no citations")
         elif kind == "tool_result":
             tools.append(_tool_result(block, notes))
         else:
@@ -403,7 +414,11 @@ class MessagesBridge(Codec):
             return []
 
     def upstream_model(self, call: Call) -> str | None:
-        return self.inner.upstream_model(self.chat_call(call))
+        try:
+            inner_call = self.chat_call(call)
+        except AttemptFailed:
+            return model_of(self.inner, call)  # prepare() refuses the request
+        return self.inner.upstream_model(inner_call)
 
     async def prepare(self, call: Call) -> UpstreamRequest:
         return await self.inner.prepare(self.chat_call(call))
@@ -423,7 +438,10 @@ class MessagesBridge(Codec):
         return self.inner.classify_error(status, headers, raw)
 
     def stream_translator(self, call: Call) -> StreamTranslator:
-        inner_call = self.chat_call(call)
+        try:
+            inner_call = self.chat_call(call)
+        except AttemptFailed as err:
+            return Refused(err.failure)  # prepare() refuses the request
         return MessagesBridgeStream(
             self.inner.stream_translator(inner_call),
             body=call.body,

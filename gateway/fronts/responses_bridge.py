@@ -32,7 +32,14 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
-from gateway.fronts.bridge import ChatTarget, Notes, chat_call, first_choice
+from gateway.fronts.bridge import (
+    ChatTarget,
+    Notes,
+    Refused,
+    chat_call,
+    first_choice,
+    model_of,
+)
 from gateway.fronts.responses_stream import ResponsesBridgeStream, base_response
 from gateway.providers.adapter import RESPONSES, Call, Codec, StreamTranslator, UpstreamRequest
 from gateway.providers.chat import unsupported
@@ -388,7 +395,11 @@ class ResponsesBridge(Codec):
             return []
 
     def upstream_model(self, call: Call) -> str | None:
-        return self.inner.upstream_model(self.chat_call(call))
+        try:
+            inner_call = self.chat_call(call)
+        except AttemptFailed:
+            return model_of(self.inner, call)  # prepare() refuses the request
+        return self.inner.upstream_model(inner_call)
 
     async def prepare(self, call: Call) -> UpstreamRequest:
         return await self.inner.prepare(self.chat_call(call))
@@ -408,8 +419,12 @@ class ResponsesBridge(Codec):
         return self.inner.classify_error(status, headers, raw)
 
     def stream_translator(self, call: Call) -> StreamTranslator:
+        try:
+            inner_call = self.chat_call(call)
+        except AttemptFailed as err:
+            return Refused(err.failure)  # prepare() refuses the request
         return ResponsesBridgeStream(
-            self.inner.stream_translator(self.chat_call(call)),
+            self.inner.stream_translator(inner_call),
             body=call.body,
             prompt_estimate=estimate_responses_tokens(call.body),
         )
