@@ -18,6 +18,8 @@ Anthropic's Messages body checked as Bedrock takes it (`anthropic_version:
 bedrock-2023-05-31`, no `model` or `stream`, `anthropic_beta` a list) and
 against the `anthropic` package's `MessageCreateParams`.
 
+(tests/fake_bedrock_invoke.py has the InvokeModel routes.)
+
 The STS server answers `AssumeRole` (query protocol, XML), also checking the
 caller's SigV4 signature, and registers the session credentials it issues with
 the Bedrock server, which then accepts them with their session token only.
@@ -30,13 +32,8 @@ the Bedrock server, which then accepts them with their session token only.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hmac
 import itertools
 import json
-import re
-import struct
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,144 +42,29 @@ from urllib.parse import parse_qs, unquote
 
 import botocore.session
 from aiohttp import web
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import ReadOnlyCredentials
 from botocore.validate import ParamValidator
 
-from tests.fake_anthropic import (
-    ClaudeResponder,
-    ClaudeSimulator,
-    count_tokens,
-    validate_count_tokens,
-    validate_request,
-)
+from tests.aws_wire import encode_message, event, exception, verify_sigv4
+from tests.fake_anthropic import ClaudeResponder, ClaudeSimulator
+from tests.fake_bedrock_invoke import InvokeModelRoutes, Received
 from tests.processes import serve_app
+
+__all__ = [
+    "CONVERSE_INPUT",
+    "CONVERSE_STREAM_INPUT",
+    "FakeBedrock",
+    "FakeSts",
+    "Received",
+    "Reply",
+    "encode_message",
+    "event",
+    "exception",
+    "verify_sigv4",
+]
 
 _SERVICE_MODEL = botocore.session.get_session().get_service_model("bedrock-runtime")
 CONVERSE_INPUT = _SERVICE_MODEL.operation_model("Converse").input_shape
 CONVERSE_STREAM_INPUT = _SERVICE_MODEL.operation_model("ConverseStream").input_shape
-INVOKE_INPUT = _SERVICE_MODEL.operation_model("InvokeModel").input_shape
-COUNT_TOKENS_INPUT = _SERVICE_MODEL.operation_model("CountTokens").input_shape
-BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
-
-_AUTH_RE = re.compile(
-    r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
-    r"(?P<service>[^/]+)/aws4_request, SignedHeaders=(?P<signed>[a-z0-9;-]+), "
-    r"Signature=(?P<signature>[0-9a-f]{64})$"
-)
-MAX_CLOCK_SKEW = timedelta(minutes=5)
-
-
-# ---------------------------------------------------------------------------
-# AWS event-stream encoding (the gateway only decodes; this is the server side).
-
-
-def _header(name: str, value: str) -> bytes:
-    raw_name = name.encode()
-    raw_value = value.encode()
-    return (
-        bytes([len(raw_name)]) + raw_name + b"\x07" + struct.pack(">H", len(raw_value)) + raw_value
-    )
-
-
-def encode_message(headers: dict[str, str], payload: bytes) -> bytes:
-    """One event-stream message with string headers."""
-    raw_headers = b"".join(_header(k, v) for k, v in headers.items())
-    total = 12 + len(raw_headers) + len(payload) + 4
-    prelude = struct.pack(">II", total, len(raw_headers))
-    prelude += struct.pack(">I", zlib.crc32(prelude) & 0xFFFFFFFF)
-    message = prelude + raw_headers + payload
-    return message + struct.pack(">I", zlib.crc32(message) & 0xFFFFFFFF)
-
-
-def event(event_type: str, payload: dict[str, Any]) -> bytes:
-    # Bedrock pads event payloads with a `p` field (against length side channels).
-    body = {
-        **payload,
-        "p": "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0"[: 1 + len(event_type)],
-    }
-    return encode_message(
-        {":event-type": event_type, ":content-type": "application/json", ":message-type": "event"},
-        json.dumps(body).encode(),
-    )
-
-
-def exception(exception_type: str, message: str) -> bytes:
-    return encode_message(
-        {
-            ":exception-type": exception_type,
-            ":content-type": "application/json",
-            ":message-type": "exception",
-        },
-        json.dumps({"message": message}).encode(),
-    )
-
-
-# ---------------------------------------------------------------------------
-# SigV4 verification.
-
-
-def verify_sigv4(
-    request: web.Request,
-    body: bytes,
-    *,
-    service: str,
-    region: str,
-    secrets: dict[str, tuple[str, str | None]],
-) -> tuple[str, str] | None:
-    """None when the signature is right, else (AWS error type, message)."""
-    auth = request.headers.get("Authorization", "")
-    match = _AUTH_RE.match(auth)
-    if match is None:
-        return "MissingAuthenticationTokenException", "Missing Authentication Token"
-    key = match["key"]
-    if key not in secrets:
-        return (
-            "UnrecognizedClientException",
-            "The security token included in the request is invalid.",
-        )
-    secret, token = secrets[key]
-    if match["region"] != region or match["service"] != service:
-        return "InvalidSignatureException", "Credential should be scoped to a valid region."
-    amz_date = request.headers.get("X-Amz-Date", "")
-    try:
-        when = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return "IncompleteSignatureException", "X-Amz-Date is missing or malformed"
-    if abs(datetime.now(UTC) - when) > MAX_CLOCK_SKEW or amz_date[:8] != match["date"]:
-        return "InvalidSignatureException", "Signature expired"
-    signed = match["signed"].split(";")
-    if token is not None and (
-        "x-amz-security-token" not in signed or request.headers.get("X-Amz-Security-Token") != token
-    ):
-        return (
-            "UnrecognizedClientException",
-            "The security token included in the request is invalid.",
-        )
-    headers = {}
-    for name in signed:
-        if name == "host":
-            continue
-        if name not in request.headers:
-            return "InvalidSignatureException", f"signed header {name} is missing"
-        headers[name] = request.headers[name]
-    url = f"http://{request.host}{request.raw_path}"
-    aws_request = AWSRequest(method=request.method, url=url, data=body, headers=headers)
-    aws_request.context["timestamp"] = amz_date
-    signer = SigV4Auth(ReadOnlyCredentials(key, secret, token), service, region)
-    if signer.signed_headers(signer.headers_to_sign(aws_request)) != match["signed"]:
-        return "InvalidSignatureException", "SignedHeaders do not match the request"
-    canonical = signer.canonical_request(aws_request)
-    expected = signer.signature(signer.string_to_sign(aws_request, canonical), aws_request)
-    if not hmac.compare_digest(expected, match["signature"]):
-        return (
-            "InvalidSignatureException",
-            "The request signature we calculated does not match the signature you provided. "
-            "Check your AWS Secret Access Key and signing method.",
-        )
-    return None
-
 
 # ---------------------------------------------------------------------------
 # The Bedrock runtime.
@@ -205,16 +87,7 @@ class Reply:
     hang: bool = False
 
 
-@dataclass(frozen=True)
-class Received:
-    path: str
-    model_id: str
-    headers: dict[str, str]
-    json: Any
-    raw: bytes = b""
-
-
-class FakeBedrock:
+class FakeBedrock(InvokeModelRoutes):
     def __init__(self, *, region: str = "us-east-1", host: str = "127.0.0.1") -> None:
         self.region = region
         self.host = host
@@ -240,9 +113,7 @@ class FakeBedrock:
         app = web.Application()
         app.router.add_post("/model/{model_id}/converse", self._converse)
         app.router.add_post("/model/{model_id}/converse-stream", self._converse_stream)
-        app.router.add_post("/model/{model_id}/invoke", self._invoke)
-        app.router.add_post("/model/{model_id}/invoke-with-response-stream", self._invoke_stream)
-        app.router.add_post("/model/{model_id}/count-tokens", self._count_tokens)
+        self.add_invoke_routes(app)
         self._runner, self.port = await serve_app(app, self.host)
         return self
 
@@ -415,127 +286,6 @@ class FakeBedrock:
                 await response.write(message)
         await response.write_eof()
         return response
-
-    # -- InvokeModel with Claude: Anthropic's Messages body, Bedrock's framing --
-
-    async def _signed_body(self, request: web.Request) -> tuple[bytes, str] | web.Response:
-        body = await request.read()
-        model_id = unquote(request.raw_path.split("/")[2])
-        problem = verify_sigv4(
-            request, body, service="bedrock", region=self.region, secrets=self.secrets
-        )
-        if problem is not None:
-            self.rejected.append(problem[0])
-            return self._error(problem[0], 403, problem[1])
-        return body, model_id
-
-    def _claude_body(self, raw: bytes, model_id: str) -> dict[str, Any] | web.Response:
-        """The Messages body of an InvokeModel body, or Bedrock's 400."""
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        problem = None
-        if not isinstance(body, dict) or body.get("anthropic_version") != BEDROCK_ANTHROPIC_VERSION:
-            problem = f"anthropic_version: must be {BEDROCK_ANTHROPIC_VERSION}"
-        elif "model" in body or "stream" in body:
-            problem = "extraneous key [model/stream] is not permitted"
-        else:
-            beta = body.get("anthropic_beta", [])
-            if not isinstance(beta, list) or not all(isinstance(b, str) for b in beta):
-                problem = "anthropic_beta: must be a list of strings"
-        if problem is None:
-            assert isinstance(body, dict)
-            rest = {
-                k: v for k, v in body.items() if k not in ("anthropic_version", "anthropic_beta")
-            }
-            problem = validate_request({"model": model_id, **rest}, version="2023-06-01")
-        if problem is not None:
-            self.rejected.append("ValidationException")
-            return self._error("ValidationException", 400, problem)
-        return {"model": model_id, **rest}
-
-    async def _invoke_checked(
-        self, request: web.Request, *, stream: bool
-    ) -> web.Response | tuple[dict[str, Any], str]:
-        signed = await self._signed_body(request)
-        if isinstance(signed, web.Response):
-            return signed
-        raw, model_id = signed
-        self.requests.append(
-            Received(request.path, model_id, dict(request.headers), json.loads(raw), raw)
-        )
-        shape_input = {"modelId": model_id, "body": raw, "contentType": "application/json"}
-        report = ParamValidator().validate(shape_input, INVOKE_INPUT)
-        if report.has_errors():
-            return self._error("ValidationException", 400, report.generate_report())
-        body = self._claude_body(raw, model_id)
-        if isinstance(body, web.Response):
-            return body
-        if self.invoke_errors:
-            kind, status, message = self.invoke_errors.popleft()
-            return self._error(kind, status, message)
-        return body, model_id
-
-    async def _invoke(self, request: web.Request) -> web.Response:
-        checked = await self._invoke_checked(request, stream=False)
-        if isinstance(checked, web.Response):
-            return checked
-        body, model_id = checked
-        return web.json_response(self.claude.message(body, model_id))
-
-    async def _invoke_stream(self, request: web.Request) -> web.StreamResponse:
-        checked = await self._invoke_checked(request, stream=True)
-        if isinstance(checked, web.Response):
-            return checked
-        body, model_id = checked
-        events = [payload for _, payload in self.claude.events(body, model_id)]
-        messages = []
-        for anthropic_event in events:
-            payload = anthropic_event
-            if payload["type"] == "message_stop":
-                payload = {
-                    **anthropic_event,
-                    "amazon-bedrock-invocationMetrics": {
-                        "inputTokenCount": 3,
-                        "outputTokenCount": 4,
-                        "invocationLatency": 420,
-                        "firstByteLatency": 120,
-                    },
-                }
-            data = base64.b64encode(json.dumps(payload).encode()).decode()
-            messages.append(event("chunk", {"bytes": data}))
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "application/vnd.amazon.eventstream",
-                "x-amzn-RequestId": "4b1e1d1c-0000-4000-8000-000000000003",
-            }
-        )
-        await response.prepare(request)
-        for message in messages:
-            await response.write(message)
-        await response.write_eof()
-        return response
-
-    async def _count_tokens(self, request: web.Request) -> web.Response:
-        signed = await self._signed_body(request)
-        if isinstance(signed, web.Response):
-            return signed
-        raw, model_id = signed
-        payload = json.loads(raw)
-        self.requests.append(Received(request.path, model_id, dict(request.headers), payload, raw))
-        report = ParamValidator().validate({"modelId": model_id, **payload}, COUNT_TOKENS_INPUT)
-        if report.has_errors():
-            return self._error("ValidationException", 400, report.generate_report())
-        inner = base64.b64decode(payload["input"]["invokeModel"]["body"])
-        body = self._claude_body(inner, model_id)
-        if isinstance(body, web.Response):
-            return body
-        counted = {k: v for k, v in body.items() if k != "max_tokens"}
-        problem = validate_count_tokens(counted)
-        if problem is not None:
-            return self._error("ValidationException", 400, problem)
-        return web.json_response({"inputTokens": count_tokens(counted)})
 
 
 # ---------------------------------------------------------------------------
