@@ -39,7 +39,7 @@ class Env:
     vertex: FakeVertex
 
     def claude(self) -> anthropic.AsyncAnthropic:
-        # Claude Code's ANTHROPIC_API_KEY: the gateway key in x-api-key.
+        # The 2.x SDK sends the gateway key as a bearer token (ANTHROPIC_AUTH_TOKEN style).
         client = anthropic.AsyncAnthropic(
             api_key=self.gateway.keys["acme"], base_url=self.gateway.url(""), max_retries=0
         )
