@@ -38,7 +38,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from anthropic.types import Message, RawMessageStreamEvent
+from anthropic.types import (
+    Message,
+    MessageCountTokensParams,
+    MessageTokensCount,
+    RawMessageStreamEvent,
+)
 from anthropic.types.message_create_params import (
     MessageCreateParamsNonStreaming,
     MessageCreateParamsStreaming,
@@ -51,6 +56,7 @@ from tests.processes import serve_app
 from tests.typed_check import TypeMismatch, check
 
 API_VERSIONS = ("2023-06-01", "2026-10-21")
+SIGNED = "EqQBCkgIARABGAIiQL2thinking-signature-of-the-fake"
 SAMPLING_KEYS = ("temperature", "top_p", "top_k")
 _EVENT = TypeAdapter(RawMessageStreamEvent)
 _JSON_OBJECT = re.compile(r"\{.*\}", re.S)
@@ -159,6 +165,24 @@ def anthropic_error(status: int, error_type: str, message: str, **headers: str) 
     return web.json_response(body, status=status, headers=headers)
 
 
+def count_tokens(body: dict[str, Any]) -> int:
+    """The fake's token count of a count_tokens body: words, as its usage counts them."""
+    return _words(str(body.get("system", ""))) + sum(
+        _words(" ".join(_texts(m["content"]))) for m in body["messages"]
+    )
+
+
+def validate_count_tokens(body: Any) -> str | None:
+    """Why the real API would refuse a count_tokens `body` (None when it would not)."""
+    if not isinstance(body, dict):
+        return "the body must be a JSON object"
+    try:
+        check(body, MessageCountTokensParams)
+    except TypeMismatch as err:
+        return str(err)
+    return None
+
+
 def validate_request(body: Any, *, version: str, model_in_body: bool = True) -> str | None:
     """Why the real API would refuse `body` (None when it would not)."""
     if not isinstance(body, dict):
@@ -190,6 +214,7 @@ class Recorded:
     path: str
     headers: CIMultiDict[str]
     json: Any
+    raw: bytes = b""
 
 
 class ClaudeResponder:
@@ -200,6 +225,7 @@ class ClaudeResponder:
         self._ids = itertools.count(1)
         self.cache_read = 0  # reported cache_read_input_tokens
         self.cache_write = 0  # reported cache_creation_input_tokens
+        self.thinking: str | None = None  # when set, answers start with this thinking block
 
     def _usage(self, answer: Answer) -> dict[str, Any]:
         return {
@@ -212,6 +238,8 @@ class ClaudeResponder:
     def message(self, body: dict[str, Any], model: str) -> dict[str, Any]:
         answer = self.simulator.answer(body)
         content: list[dict[str, Any]] = []
+        if self.thinking is not None:
+            content.append({"type": "thinking", "thinking": self.thinking, "signature": SIGNED})
         if answer.text is not None:
             content.append({"type": "text", "text": answer.text})
         if answer.tool_use is not None:
@@ -265,6 +293,35 @@ class ClaudeResponder:
             )
             return events
         index = 0
+        if self.thinking is not None:
+            events += [
+                (
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                    },
+                ),
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "thinking_delta", "thinking": self.thinking},
+                    },
+                ),
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "signature_delta", "signature": SIGNED},
+                    },
+                ),
+                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ]
+            index = 1
         if answer.text is not None:
             events.append(
                 (
@@ -385,10 +442,12 @@ class FakeAnthropic:
         self.invalid.clear()
         self.queue.clear()
         self.responder.cache_read = self.responder.cache_write = 0
+        self.responder.thinking = None
 
     async def start(self) -> FakeAnthropic:
         app = web.Application()
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         self._runner, self.port = await serve_app(app, self.host)
         return self
 
@@ -416,7 +475,7 @@ class FakeAnthropic:
             body = json.loads(raw)
         except ValueError:
             body = None
-        self.requests.append(Recorded(request.path_qs, CIMultiDict(request.headers), body))
+        self.requests.append(Recorded(request.path_qs, CIMultiDict(request.headers), body, raw))
         if not self._authenticated(request):
             return anthropic_error(401, "authentication_error", "invalid x-api-key")
         version = request.headers.get("anthropic-version")
@@ -446,3 +505,22 @@ class FakeAnthropic:
         return web.json_response(
             self.responder.message(body, body["model"]), headers={"request-id": "req_fake"}
         )
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        self.requests.append(Recorded(request.path_qs, CIMultiDict(request.headers), body, raw))
+        if not self._authenticated(request):
+            return anthropic_error(401, "authentication_error", "invalid x-api-key")
+        if request.headers.get("anthropic-version") not in API_VERSIONS:
+            return anthropic_error(400, "invalid_request_error", "anthropic-version: unknown")
+        problem = validate_count_tokens(body)
+        if problem is not None:
+            self.invalid.append(problem)
+            return anthropic_error(400, "invalid_request_error", problem)
+        answer = {"input_tokens": count_tokens(body)}
+        MessageTokensCount.model_validate(answer)
+        return web.json_response(answer)

@@ -1,7 +1,9 @@
 """A fake Azure OpenAI resource and Microsoft Entra ID token endpoint on loopback.
 
 The resource serves `POST /openai/deployments/{deployment}/chat/completions
-?api-version=...` and accepts either its `api-key` or a bearer token that the
+?api-version=...` and the Responses API (`POST /openai/v1/responses`, or
+`/openai/responses?api-version=...`, the deployment as the body's `model`; see
+tests/fake_responses.py), and accepts either its `api-key` or a bearer token that the
 fake Entra endpoint issued (and that has not expired). The token endpoint
 (`POST /{tenant}/oauth2/v2.0/token`) implements the client-credentials grant:
 it checks the client id, the secret and the Azure OpenAI scope. Request bodies
@@ -35,6 +37,7 @@ from openai.types.chat.completion_create_params import (
 from pydantic import TypeAdapter, ValidationError
 
 from tests.fake_embeddings import openai_answer, validate_openai_embeddings
+from tests.fake_responses import ResponsesSimulator
 from tests.processes import serve_app
 
 SCOPE = "https://cognitiveservices.azure.com/.default"
@@ -102,6 +105,7 @@ class FakeAzure:
         self.rejected: list[str] = []
         self.port = 0
         self._ids = itertools.count(1)
+        self.responses = ResponsesSimulator()
         self._runner: web.AppRunner | None = None
 
     @property
@@ -113,6 +117,8 @@ class FakeAzure:
         app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
         app.router.add_post("/openai/deployments/{deployment}/embeddings", self._embeddings)
+        app.router.add_post("/openai/v1/responses", self._responses)
+        app.router.add_post("/openai/responses", self._responses)
         self._runner, self.port = await serve_app(app)
         return self
 
@@ -173,6 +179,25 @@ class FakeAzure:
         status: int, error: dict[str, Any], headers: dict[str, str] | None = None
     ) -> web.Response:
         return web.json_response({"error": error}, status=status, headers=headers or {})
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API: `/openai/v1/responses` (the v1 surface, no api-version)
+        or `/openai/responses?api-version=...` (preview); the deployment is `model`."""
+        if request.path == "/openai/responses" and not request.query.get("api-version"):
+            return self._error(404, {"code": "404", "message": "Resource not found"})
+        if not self._authorized(request):
+            self.rejected.append("unauthorized")
+            return self._error(401, {"code": "401", "message": "Access denied"})
+        body = await request.json()
+        self.requests.append(
+            {"query": dict(request.query), "headers": dict(request.headers), "json": body}
+        )
+        if not isinstance(body, dict) or body.get("model") != self.deployment:
+            return self._error(
+                404,
+                {"code": "DeploymentNotFound", "message": "The API deployment does not exist."},
+            )
+        return await self.responses.handle(request, body, model="gpt-4o-2024-11-20")
 
     def _refusal(self, request: web.Request, deployment: str) -> web.Response | None:
         """The answer to a request without an API version, credential or deployment."""

@@ -11,7 +11,16 @@ Converse JSON, or ConverseStream events in real AWS event-stream framing
 JSON `message`; exception messages mid-stream).
 
 `InvokeModel` serves the embedding models (Titan Text Embeddings, Cohere
-Embed) with the same checks: see tests/fake_bedrock_embeddings.py.
+Embed) with the same checks: see tests/fake_bedrock_embeddings.py. For Claude
+models it also serves InvokeModel (`/model/{id}/invoke`),
+InvokeModelWithResponseStream (`/invoke-with-response-stream`: each Anthropic
+event base64 in a `chunk` event's `bytes`, the last with Bedrock's
+`amazon-bedrock-invocationMetrics`) and CountTokens (`/count-tokens`), with
+Anthropic's Messages body checked as Bedrock takes it (`anthropic_version:
+bedrock-2023-05-31`, no `model` or `stream`, `anthropic_beta` a list) and
+against the `anthropic` package's `MessageCreateParams`.
+
+(tests/fake_bedrock_invoke.py has the InvokeModel routes.)
 
 The STS server answers `AssumeRole` (query protocol, XML), also checking the
 caller's SigV4 signature, and registers the session credentials it issues with
@@ -25,12 +34,8 @@ the Bedrock server, which then accepts them with their session token only.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import json
-import re
-import struct
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,135 +44,30 @@ from urllib.parse import parse_qs, unquote
 
 import botocore.session
 from aiohttp import web
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import ReadOnlyCredentials
 from botocore.validate import ParamValidator
 
+from tests.aws_wire import encode_message, event, exception, verify_sigv4
+from tests.fake_anthropic import ClaudeResponder, ClaudeSimulator
+from tests.fake_bedrock_invoke import InvokeModelRoutes, Received
 from tests.processes import serve_app
+
+__all__ = [
+    "CONVERSE_INPUT",
+    "CONVERSE_STREAM_INPUT",
+    "FakeBedrock",
+    "FakeSts",
+    "Received",
+    "Reply",
+    "encode_message",
+    "event",
+    "exception",
+    "verify_sigv4",
+]
 
 _SERVICE_MODEL = botocore.session.get_session().get_service_model("bedrock-runtime")
 CONVERSE_INPUT = _SERVICE_MODEL.operation_model("Converse").input_shape
 CONVERSE_STREAM_INPUT = _SERVICE_MODEL.operation_model("ConverseStream").input_shape
 INVOKE_MODEL_INPUT = _SERVICE_MODEL.operation_model("InvokeModel").input_shape
-
-_AUTH_RE = re.compile(
-    r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
-    r"(?P<service>[^/]+)/aws4_request, SignedHeaders=(?P<signed>[a-z0-9;-]+), "
-    r"Signature=(?P<signature>[0-9a-f]{64})$"
-)
-MAX_CLOCK_SKEW = timedelta(minutes=5)
-
-
-# ---------------------------------------------------------------------------
-# AWS event-stream encoding (the gateway only decodes; this is the server side).
-
-
-def _header(name: str, value: str) -> bytes:
-    raw_name = name.encode()
-    raw_value = value.encode()
-    return (
-        bytes([len(raw_name)]) + raw_name + b"\x07" + struct.pack(">H", len(raw_value)) + raw_value
-    )
-
-
-def encode_message(headers: dict[str, str], payload: bytes) -> bytes:
-    """One event-stream message with string headers."""
-    raw_headers = b"".join(_header(k, v) for k, v in headers.items())
-    total = 12 + len(raw_headers) + len(payload) + 4
-    prelude = struct.pack(">II", total, len(raw_headers))
-    prelude += struct.pack(">I", zlib.crc32(prelude) & 0xFFFFFFFF)
-    message = prelude + raw_headers + payload
-    return message + struct.pack(">I", zlib.crc32(message) & 0xFFFFFFFF)
-
-
-def event(event_type: str, payload: dict[str, Any]) -> bytes:
-    # Bedrock pads event payloads with a `p` field (against length side channels).
-    body = {
-        **payload,
-        "p": "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0"[: 1 + len(event_type)],
-    }
-    return encode_message(
-        {":event-type": event_type, ":content-type": "application/json", ":message-type": "event"},
-        json.dumps(body).encode(),
-    )
-
-
-def exception(exception_type: str, message: str) -> bytes:
-    return encode_message(
-        {
-            ":exception-type": exception_type,
-            ":content-type": "application/json",
-            ":message-type": "exception",
-        },
-        json.dumps({"message": message}).encode(),
-    )
-
-
-# ---------------------------------------------------------------------------
-# SigV4 verification.
-
-
-def verify_sigv4(
-    request: web.Request,
-    body: bytes,
-    *,
-    service: str,
-    region: str,
-    secrets: dict[str, tuple[str, str | None]],
-) -> tuple[str, str] | None:
-    """None when the signature is right, else (AWS error type, message)."""
-    auth = request.headers.get("Authorization", "")
-    match = _AUTH_RE.match(auth)
-    if match is None:
-        return "MissingAuthenticationTokenException", "Missing Authentication Token"
-    key = match["key"]
-    if key not in secrets:
-        return (
-            "UnrecognizedClientException",
-            "The security token included in the request is invalid.",
-        )
-    secret, token = secrets[key]
-    if match["region"] != region or match["service"] != service:
-        return "InvalidSignatureException", "Credential should be scoped to a valid region."
-    amz_date = request.headers.get("X-Amz-Date", "")
-    try:
-        when = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return "IncompleteSignatureException", "X-Amz-Date is missing or malformed"
-    if abs(datetime.now(UTC) - when) > MAX_CLOCK_SKEW or amz_date[:8] != match["date"]:
-        return "InvalidSignatureException", "Signature expired"
-    signed = match["signed"].split(";")
-    if token is not None and (
-        "x-amz-security-token" not in signed or request.headers.get("X-Amz-Security-Token") != token
-    ):
-        return (
-            "UnrecognizedClientException",
-            "The security token included in the request is invalid.",
-        )
-    headers = {}
-    for name in signed:
-        if name == "host":
-            continue
-        if name not in request.headers:
-            return "InvalidSignatureException", f"signed header {name} is missing"
-        headers[name] = request.headers[name]
-    url = f"http://{request.host}{request.raw_path}"
-    aws_request = AWSRequest(method=request.method, url=url, data=body, headers=headers)
-    aws_request.context["timestamp"] = amz_date
-    signer = SigV4Auth(ReadOnlyCredentials(key, secret, token), service, region)
-    if signer.signed_headers(signer.headers_to_sign(aws_request)) != match["signed"]:
-        return "InvalidSignatureException", "SignedHeaders do not match the request"
-    canonical = signer.canonical_request(aws_request)
-    expected = signer.signature(signer.string_to_sign(aws_request, canonical), aws_request)
-    if not hmac.compare_digest(expected, match["signature"]):
-        return (
-            "InvalidSignatureException",
-            "The request signature we calculated does not match the signature you provided. "
-            "Check your AWS Secret Access Key and signing method.",
-        )
-    return None
-
 
 # ---------------------------------------------------------------------------
 # The Bedrock runtime.
@@ -190,15 +90,7 @@ class Reply:
     hang: bool = False
 
 
-@dataclass(frozen=True)
-class Received:
-    path: str
-    model_id: str
-    headers: dict[str, str]
-    json: Any
-
-
-class FakeBedrock:
+class FakeBedrock(InvokeModelRoutes):
     def __init__(self, *, region: str = "us-east-1", host: str = "127.0.0.1") -> None:
         self.region = region
         self.host = host
@@ -212,6 +104,8 @@ class FakeBedrock:
         self.gate = asyncio.Event()  # opened by a test (see Reply.gate_exception)
         # InvokeModel answers carry X-Amzn-Bedrock-Input-Token-Count (false: they do not).
         self.report_input_tokens = True
+        self.claude = ClaudeResponder(ClaudeSimulator())  # InvokeModel's Claude
+        self.invoke_errors: deque[tuple[str, int, str]] = deque()  # next InvokeModel errors
 
     @property
     def url(self) -> str:
@@ -224,7 +118,7 @@ class FakeBedrock:
         app = web.Application()
         app.router.add_post("/model/{model_id}/converse", self._converse)
         app.router.add_post("/model/{model_id}/converse-stream", self._converse_stream)
-        app.router.add_post("/model/{model_id}/invoke", self._invoke)
+        self.add_invoke_routes(app)
         self._runner, self.port = await serve_app(app, self.host)
         return self
 
@@ -235,6 +129,10 @@ class FakeBedrock:
             await self._runner.cleanup()
 
     async def _invoke(self, request: web.Request) -> web.Response:
+        """InvokeModel: an embedding model's body, or (InvokeModelRoutes) Claude's."""
+        model_id = unquote(request.raw_path.split("/")[2])
+        if "embed" not in model_id:
+            return await super()._invoke(request)
         # Imported here: the embeddings module builds on this one's SigV4 check.
         from tests.fake_bedrock_embeddings import invoke
 

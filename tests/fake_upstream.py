@@ -9,7 +9,8 @@ vectors from tests/fake_embeddings.py, and TEI's 413 when a batch exceeds
 `max_client_batch_size`), checks the bearer token, records every request, and
 can misbehave on demand: fail with a status, delay its headers or its chunks,
 break the connection mid-stream, hang, or pause at a gate until the test opens
-it. It counts streams started, completed and cancelled, so that a test can
+it. `POST /v1/responses` is OpenAI's Responses API (tests/fake_responses.py). It
+counts streams started, completed and cancelled, so that a test can
 assert that a client disconnect reached the upstream.
 
     async with FakeUpstream(token="t") as up:
@@ -32,6 +33,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from tests.fake_embeddings import openai_answer, openai_inputs, validate_openai_embeddings
+from tests.fake_responses import ResponsesSimulator
 from tests.processes import serve_app
 
 DEFAULT_REPLY = "Hello from the fake upstream, streamed word by word."
@@ -100,6 +102,7 @@ class FakeUpstream:
         self.stream_started = asyncio.Event()
         self.stream_cancelled = asyncio.Event()
         self._ids = itertools.count(1)
+        self.responses = ResponsesSimulator()  # the Responses API (/v1/responses)
         self._runner: web.AppRunner | None = None
         self._hangers: set[asyncio.Event] = set()
         self.embedding_dimensions = 16  # when the request names no `dimensions`
@@ -114,6 +117,7 @@ class FakeUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/responses", self._responses)
         app.router.add_get("/v1/models", self._models)
         # handler_cancellation: a client that goes away cancels the handler at
         # once, which is how the fake observes the gateway's cancellation.
@@ -156,6 +160,31 @@ class FakeUpstream:
         return web.json_response(
             {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "fake"}]}
         )
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            payload = None
+        if self.record:
+            self.requests.append(
+                RecordedRequest(
+                    request.method,
+                    request.path,
+                    request.query_string,
+                    CIMultiDict(request.headers),
+                    raw,
+                    payload,
+                )
+            )
+        if self.token is not None and request.headers.get("Authorization") != (
+            f"Bearer {self.token}"
+        ):
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
+        return await self.responses.handle(request, payload)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:

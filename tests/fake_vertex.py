@@ -20,7 +20,9 @@ Prediction API, on `/v1/projects/{project}/locations/{location}/publishers/...`:
   requires), `MAX_TOKENS`, stop sequences.
 - `anthropic/models/{model}:rawPredict` and `:streamRawPredict`: the Anthropic
   Messages API with the model in the URL and `anthropic_version` in the body
-  (`vertex-2023-10-16` or `2026-10-21`), validated against `MessageCreateParams`.
+  (`vertex-2023-10-16` or `2026-10-21`), validated against `MessageCreateParams`;
+  `anthropic/models/count-tokens:rawPredict`: Anthropic's count_tokens body
+  (the model in it), validated against `MessageCountTokensParams`.
 - `google/models/{model}:predict`: text embeddings (`text-embedding-005`,
   `gemini-embedding-001`, ...), see tests/fake_vertex_embeddings.py.
 Errors are Google's `{"error": {"code", "message", "status", "details"}}`;
@@ -54,6 +56,8 @@ from tests.fake_anthropic import (
     ClaudeSimulator,
     Failure,
     anthropic_error,
+    count_tokens,
+    validate_count_tokens,
     validate_request,
     write_events,
 )
@@ -143,6 +147,7 @@ class Recorded:
     query: str
     headers: CIMultiDict[str]
     json: Any
+    raw: bytes = b""
 
 
 class GeminiSimulator:
@@ -353,7 +358,7 @@ class FakeVertex:
         except ValueError:
             body = None
         self.requests.append(
-            Recorded(request.path, request.query_string, CIMultiDict(request.headers), body)
+            Recorded(request.path, request.query_string, CIMultiDict(request.headers), body, raw)
         )
         if not self._authorized(request):
             return google_error(
@@ -380,6 +385,8 @@ class FakeVertex:
             from tests.fake_vertex_embeddings import predict
 
             return predict(self, body, model, failure)
+        if publisher == "anthropic" and model == "count-tokens" and method == "rawPredict":
+            return self._count_tokens(body)
         if publisher == "anthropic" and method in ("rawPredict", "streamRawPredict"):
             return await self._claude(request, body, model, method == "streamRawPredict", failure)
         return google_error(
@@ -488,6 +495,14 @@ class FakeVertex:
             await asyncio.sleep(0)
         await response.write_eof()
         return response
+
+    def _count_tokens(self, body: Any) -> web.Response:
+        """Claude's count-tokens: Anthropic's count_tokens body, the model in it."""
+        problem = validate_count_tokens(body)
+        if problem is not None:
+            self.invalid.append(problem)
+            return anthropic_error(400, "invalid_request_error", problem)
+        return web.json_response({"input_tokens": count_tokens(body)})
 
     async def _claude(
         self,

@@ -45,9 +45,15 @@ TYPE_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "openai-compatible": ("flavor",),
         "openai": ("organization", "project"),
         "anthropic": ("anthropic_version", "max_tokens_default"),
-        "bedrock": ("region", "vpc_endpoint_url", "assume_role_arn", "sts_endpoint_url"),
+        "bedrock": (
+            "region",
+            "vpc_endpoint_url",
+            "assume_role_arn",
+            "sts_endpoint_url",
+            "messages_api",
+        ),
         "vertex": ("project", "location", "publisher", "anthropic_version", "max_tokens_default"),
-        "azure-openai": ("deployment", "api_version"),
+        "azure-openai": ("deployment", "api_version", "responses_api_version"),
     }
 )
 REQUIRED_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -64,6 +70,9 @@ ENUM_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         "flavor": ("vllm", "tgi", "tensorrt-llm", "openai"),
         "publisher": ("google", "anthropic"),
+        # How a bedrock endpoint serves Anthropic Messages: InvokeModel with the
+        # body passed through, or translated to Converse (default: by model id).
+        "messages_api": ("invoke", "converse"),
     }
 )
 INTEGER_FIELDS = ("max_tokens_default",)

@@ -12,8 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.providers.adapter import ProviderAdapter, StreamTranslator, UpstreamRequest
-from gateway.providers.anthropic import translate
+from gateway.providers.adapter import (
+    MESSAGES,
+    Codec,
+    ProviderAdapter,
+    StreamTranslator,
+    UpstreamRequest,
+)
+from gateway.providers.anthropic import messages, translate
 from gateway.providers.chat import check_model_name
 from gateway.providers.credentials import CredentialStore, Secret
 from gateway.providers.failures import AttemptFailure
@@ -69,6 +75,14 @@ class AnthropicAdapter(ProviderAdapter):
         )
 
     # -- the adapter seam ---------------------------------------------------
+
+    def build_codec(self, operation: str) -> Codec | None:
+        # Messages (and count_tokens) pass through natively; see .messages.
+        if operation == MESSAGES:
+            return messages.AnthropicMessagesCodec(self)
+        if operation == messages.COUNT_TOKENS:
+            return messages.AnthropicCountTokensCodec(self)
+        return super().build_codec(operation)
 
     async def prepare(self, body: Mapping[str, Any], *, stream: bool) -> UpstreamRequest:
         model = check_model_name(self.upstream_model(body))

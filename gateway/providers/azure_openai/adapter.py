@@ -27,8 +27,9 @@ from urllib.parse import quote
 import aiohttp
 
 from gateway.errors import ProviderConfigError
-from gateway.providers.adapter import Codec, UpstreamRequest
+from gateway.providers.adapter import RESPONSES, Codec, UpstreamRequest
 from gateway.providers.azure_openai.embeddings import AzureEmbeddingsCodec
+from gateway.providers.azure_openai.responses import AzureResponsesCodec
 from gateway.providers.credentials import CredentialStore, Secret, redact_values
 from gateway.providers.failures import (
     MAX_ERROR_MESSAGE,
@@ -193,7 +194,13 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
             out.pop("stream_options", None)
         return out
 
-    async def _refresh_token(self) -> None:
+    def build_codec(self, operation: str) -> Codec | None:
+        if operation == RESPONSES:
+            return AzureResponsesCodec(self)  # passed through: .responses
+        return super().build_codec(operation)
+
+    async def fetch_token(self) -> None:
+        """Have the Entra ID token ready for auth_headers() (no-op with an api-key)."""
         if self.entra is not None:
             try:
                 self._entra_token = await self.entra.token()
@@ -203,11 +210,11 @@ class AzureOpenAIAdapter(OpenAICompatibleAdapter):
                 ) from None
 
     async def prepare(self, body: Mapping[str, Any], *, stream: bool) -> UpstreamRequest:
-        await self._refresh_token()
+        await self.fetch_token()
         return await super().prepare(body, stream=stream)
 
     async def request_headers(self) -> dict[str, str]:
-        await self._refresh_token()
+        await self.fetch_token()
         return await super().request_headers()
 
     async def close(self) -> None:

@@ -33,12 +33,14 @@ from yarl import URL
 from gateway.errors import ProviderConfigError
 from gateway.providers.adapter import (
     EMBEDDINGS,
+    MESSAGES,
     Codec,
     ProviderAdapter,
     StreamTranslator,
     UpstreamRequest,
 )
-from gateway.providers.bedrock import translate
+from gateway.providers.anthropic.messages import COUNT_TOKENS
+from gateway.providers.bedrock import invoke, translate
 from gateway.providers.bedrock.embeddings import BedrockEmbeddingsCodec, embedding_family
 from gateway.providers.chat import unsupported
 from gateway.providers.credentials import CredentialStore, redact_values
@@ -183,15 +185,14 @@ class BedrockAdapter(ProviderAdapter):
     def url(self, model: str, *, stream: bool) -> str:
         return self.model_url(model, "converse-stream" if stream else "converse")
 
-    def model_url(self, model: str, action: str) -> str:
-        """`{endpoint}/model/{modelId}/{action}` (`converse`, `invoke`, ...)."""
-        raw = f"{self.base_url}/model/{quote(model, safe='')}/{action}"
-        # Sign exactly the URL aiohttp will send (yarl normalises the quoting).
-        return str(URL(raw))
-
     def build_codec(self, operation: str) -> Codec | None:
         if operation == EMBEDDINGS:
             return self.embeddings_codec()
+        # Claude models also take Anthropic's Messages API through InvokeModel.
+        if operation in (MESSAGES, COUNT_TOKENS) and invoke.serves_messages(self.endpoint):
+            if operation == MESSAGES:
+                return invoke.BedrockMessagesCodec(self)
+            return invoke.BedrockCountTokensCodec(self)
         return super().build_codec(operation)
 
     def embeddings_codec(self) -> Codec | None:
@@ -201,6 +202,12 @@ class BedrockAdapter(ProviderAdapter):
         if model and embedding_family(model) is None:
             return None
         return BedrockEmbeddingsCodec(self)
+
+    def model_url(self, model: str, action: str) -> str:
+        """`{endpoint}/model/{modelId}/{action}` (`converse`, `invoke`, ...)."""
+        raw = f"{self.base_url}/model/{quote(model, safe='')}/{action}"
+        # Sign exactly the URL aiohttp will send (yarl normalises the quoting).
+        return str(URL(raw))
 
     async def _credentials(self) -> ReadOnlyCredentials:
         try:
@@ -219,10 +226,12 @@ class BedrockAdapter(ProviderAdapter):
         if not model:
             raise unsupported("no model: the endpoint names none and the request gives none")
         payload = encode_body(translate.build_converse_request(body))
+        return await self.signed(self.url(model, stream=stream), payload, stream=stream)
+
+    async def signed(self, url: str, payload: bytes, *, stream: bool) -> UpstreamRequest:
+        """A POST of `payload` to `url`, signed with SigV4, for a JSON or event-stream answer."""
         return await self.signed_request(
-            self.url(model, stream=stream),
-            payload,
-            accept=STREAM_CONTENT_TYPE if stream else "application/json",
+            url, payload, accept=STREAM_CONTENT_TYPE if stream else "application/json"
         )
 
     async def signed_request(self, url: str, payload: bytes, *, accept: str) -> UpstreamRequest:

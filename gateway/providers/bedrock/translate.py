@@ -489,6 +489,28 @@ def classify_error(
 # Streams
 
 
+def stream_failure(
+    message: EventStreamMessage, *, redact: Callable[[str], str]
+) -> AttemptFailure | None:
+    """The failure an exception or error message of an AWS event stream reports."""
+    kind = message.header(":message-type")
+    if kind == "exception":
+        exception = message.header(":exception-type")
+        text: str | None = None
+        try:
+            payload = json.loads(message.payload) if message.payload else {}
+        except ValueError:
+            payload = {}
+        if isinstance(payload, dict) and isinstance(payload.get("message"), str):
+            text = redact(payload["message"])
+        return classify(exception, text, status=None)
+    if kind == "error":
+        code = message.header(":error-code")
+        text = message.header(":error-message")
+        return classify(code, redact(text) if text else None, status=None)
+    return None
+
+
 class ConverseStreamTranslator(ChunkStreamTranslator):
     """ConverseStream's event-stream messages -> OpenAI `chat.completion.chunk` frames.
 
@@ -533,22 +555,10 @@ class ConverseStreamTranslator(ChunkStreamTranslator):
         return frames
 
     def _message(self, message: EventStreamMessage, frames: list[bytes]) -> None:
-        kind = message.header(":message-type")
-        if kind == "exception":
-            exception = message.header(":exception-type")
-            text: str | None = None
-            try:
-                payload = json.loads(message.payload) if message.payload else {}
-            except ValueError:
-                payload = {}
-            if isinstance(payload, dict) and isinstance(payload.get("message"), str):
-                text = self.redact(payload["message"])
-            raise AttemptFailed(classify(exception, text, status=None))
-        if kind == "error":
-            code = message.header(":error-code")
-            text = message.header(":error-message")
-            raise AttemptFailed(classify(code, self.redact(text) if text else None, status=None))
-        if kind != "event":
+        failure = stream_failure(message, redact=self.redact)
+        if failure is not None:
+            raise AttemptFailed(failure)
+        if message.header(":message-type") != "event":
             return  # unknown message types are ignored, as AWS SDKs do
         event = message.header(":event-type")
         payload = json_event(message.payload) if message.payload else {}

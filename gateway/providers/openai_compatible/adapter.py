@@ -16,6 +16,7 @@ from typing import Any
 from gateway.errors import ProviderConfigError
 from gateway.providers.adapter import (
     EMBEDDINGS,
+    RESPONSES,
     Codec,
     ProviderAdapter,
     StreamTranslator,
@@ -25,6 +26,7 @@ from gateway.providers.credentials import CredentialStore, Secret
 from gateway.providers.failures import AttemptFailure
 from gateway.providers.openai_compatible import translate
 from gateway.providers.openai_compatible.embeddings import OpenAIEmbeddingsCodec
+from gateway.providers.openai_compatible.responses import OpenAIResponsesCodec
 from gateway.providers.usage import Usage
 from gateway.providers.wire import encode_body
 from translator.registry import Endpoint
@@ -129,6 +131,11 @@ class OpenAIAdapter(OpenAICompatibleAdapter):
     requires_credential = True
     default_base_url = OPENAI_BASE_URL
     embeddings_batch = 2048
+
+    def build_codec(self, operation: str) -> Codec | None:
+        if operation == RESPONSES:
+            return OpenAIResponsesCodec(self)  # passed through: .responses
+        return super().build_codec(operation)
 
     def auth_headers(self) -> dict[str, str]:
         headers = super().auth_headers()

@@ -27,6 +27,7 @@ from urllib.parse import quote
 from gateway.errors import ProviderConfigError
 from gateway.providers.adapter import (
     EMBEDDINGS,
+    MESSAGES,
     Codec,
     ProviderAdapter,
     StreamTranslator,
@@ -34,11 +35,13 @@ from gateway.providers.adapter import (
 )
 from gateway.providers.anthropic import translate as anthropic_translate
 from gateway.providers.anthropic.adapter import AnthropicAdapter
+from gateway.providers.anthropic.messages import COUNT_TOKENS
 from gateway.providers.chat import check_model_name
 from gateway.providers.credentials import CredentialStore
 from gateway.providers.failures import AttemptFailure
 from gateway.providers.usage import Usage
 from gateway.providers.vertex import gemini
+from gateway.providers.vertex import messages as vertex_messages
 from gateway.providers.vertex.auth import AccessTokens, load_service_account
 from gateway.providers.vertex.embeddings import VertexEmbeddingsCodec
 from gateway.providers.wire import encode_body
@@ -151,6 +154,14 @@ class VertexAnthropicAdapter(AnthropicAdapter):
 
     def _load_credentials(self) -> None:
         self.site = VertexSite(self.endpoint, self.credentials)
+
+    def build_codec(self, operation: str) -> Codec | None:
+        # Messages pass through natively (Vertex's URL and body fields): .messages.
+        if operation == MESSAGES:
+            return vertex_messages.VertexMessagesCodec(self)
+        if operation == COUNT_TOKENS:
+            return vertex_messages.VertexCountTokensCodec(self)
+        return super().build_codec(operation)
 
     def url(self, model: str, *, stream: bool) -> str:
         return self.site.model_url(
