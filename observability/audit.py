@@ -65,6 +65,9 @@ class AuditRecord:
     tokens: dict[str, int] = field(default_factory=lambda: {"input": 0, "output": 0})
     cost_usd: float = 0.0
     error: dict[str, str] | None = None  # {"type", "code", "message"} when status >= 400
+    # What a bridge dropped or changed translating the request for the endpoint
+    # that served it (e.g. "reasoning.effort: dropped (...)"); empty when native.
+    notes: list[str] = field(default_factory=list)
     # HMAC-SHA256 of the request's messages under the operator's salt (None: off).
     prompt_hash: str | None = None
     # The shadow policy's {revision, route_to, rule} when it decided otherwise

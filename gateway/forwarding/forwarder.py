@@ -200,6 +200,11 @@ class Forwarder:
     def breaker(self, name: str) -> CircuitBreaker:
         return self._targets[name].breaker
 
+    def codec(self, name: str, codec_for: CodecFor) -> Codec | None:
+        """The codec endpoint `name` would be sent through (None: unusable or unserved)."""
+        target = self._targets.get(name)
+        return None if target is None else codec_for(target.adapter)
+
     # -- forwarding ---------------------------------------------------------
 
     async def complete(

@@ -57,6 +57,11 @@ class Front(abc.ABC):
         """The error in this front's shape (OpenAI's by default)."""
         return err.body()
 
+    def local_answer(self, request: ModelRequest) -> dict[str, Any] | None:
+        """The answer when no endpoint of the route serves this front natively or
+        through a bridge, if the gateway can give one itself (None: it cannot)."""
+        return None
+
 
 def invalid(message: str) -> BadRequestError:
     return BadRequestError(message, code="invalid_body")

@@ -171,3 +171,6 @@ class CountTokensFront(MessagesFront):
     def estimate(body: Mapping[str, Any]) -> dict[str, Any]:
         """The answer when no endpoint of the route counts natively."""
         return count_tokens_estimate(body)
+
+    def local_answer(self, request: ModelRequest) -> dict[str, Any] | None:
+        return self.estimate(request.body)

@@ -176,6 +176,15 @@ class Pipeline:
             headers=request.headers,
         )
         codec_for = ctx.front.codec_for
+        if not any(self.forwarder.codec(name, codec_for) for name in decision.route):
+            local = ctx.front.local_answer(request)
+            if local is not None:
+                # No endpoint of the route serves this natively (count_tokens on
+                # vLLM): the gateway's own answer, marked as such by the front.
+                ctx.record.notes = ["answered by the gateway: no endpoint of the route serves it"]
+                return web.json_response(
+                    local, headers=routing_headers(ctx.request_id, decision, "")
+                )
         try:
             if not request.stream:
                 result = await self.forwarder.complete(
@@ -196,6 +205,7 @@ class Pipeline:
     ) -> web.Response:
         """A JSON answer; the middleware records it before aiohttp sends it."""
         fill_result(ctx.record, result)
+        self.note_translation(ctx, result.endpoint)
         assert result.response is not None
         return web.json_response(
             result.response,
@@ -237,6 +247,7 @@ class Pipeline:
         )
         assert response is not None
         fill_result(ctx.record, result)
+        self.note_translation(ctx, result.endpoint)
         ctx.record.status = response.status
         # Durable before the client sees the end: a crash after this loses nothing.
         write_record(ctx, self.observers)
@@ -245,6 +256,20 @@ class Pipeline:
         except ClientGone:
             log.info("client left before the end of stream %s", ctx.request_id)
         return response
+
+    def note_translation(self, ctx: RequestContext, endpoint: str) -> None:
+        """What a bridge dropped or changed for the endpoint that served, in the record."""
+        request = ctx.model_request
+        if request is None:
+            return
+        codec = self.forwarder.codec(endpoint, ctx.front.codec_for)
+        dropped = getattr(codec, "dropped", None)
+        if dropped is None:
+            return
+        call = Call(
+            request.operation, request.body, request.stream, ctx.request_id, request.headers
+        )
+        ctx.record.notes = list(dropped(call))
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
