@@ -429,7 +429,8 @@ async def test_route_explain_needs_an_admin_and_a_well_formed_body(
         ({"body": BODY, "extra": 1}, "unknown field(s): extra"),
         ({"body": BODY, "headers": {"a": 1}}, "'headers' must be an object of strings"),
         ({"body": BODY, "path": "/v1/models"},
-         "'path' must be one of /v1/chat/completions, /v1/embeddings, /v1/route"),
+         "'path' must be one of /v1/chat/completions, /v1/embeddings, /v1/messages, "
+         "/v1/messages/count_tokens, /v1/responses, /v1/route"),
     ]:  # fmt: skip
         status, doc = await explain(gw, keys["admin"], spec)
         assert (status, doc) == (
