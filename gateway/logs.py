@@ -7,9 +7,15 @@ import re
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-# Credentials as they can appear in text: our API keys, bearer tokens, api-key headers.
+# Credentials as they can appear in text: our API keys, bearer tokens, api-key
+# headers. "bearer" must be a word of its own followed by a separator, so that
+# ordinary text such as `auth.bearer_token_env` is left alone; the words after it
+# that plainly are prose ("the bearer token is missing") are never a credential.
+_PROSE_AFTER_BEARER = r"(?:tokens?|credentials?|auth|authentication|header|scheme)"
 _CREDENTIAL_RE = re.compile(
-    r"(kw_[0-9a-f]+_)[A-Za-z0-9_-]+|((?:bearer|api-key:|x-api-key:)\s*)[^\s'\"\\]+",
+    r"(kw_[0-9a-f]+_)[A-Za-z0-9_-]+"
+    r"|((?<![A-Za-z])bearer(?:\s*[:=]\s*|\s+)|api-key:\s*)"
+    rf"(?!{_PROSE_AFTER_BEARER}(?![A-Za-z0-9._~+/=-]))[^\s'\"\\]+",
     re.IGNORECASE,
 )
 
