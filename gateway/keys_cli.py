@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 EXIT_OPERATIONAL = 1
 
 
-
 def _keys_file_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """`--keys-file` and `--config`, handed to the command as one `keys_file`.
 

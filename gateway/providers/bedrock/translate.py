@@ -9,7 +9,9 @@ to alternate (several OpenAI `tool` messages answer one assistant turn).
 becomes `outputConfig`. Sampling options Converse has no field for
 (`frequency_penalty`, `presence_penalty`, `seed`, `logit_bias`, `user`, ...) are
 left out; options that would change the shape of the answer (`n` > 1,
-`logprobs`) are refused with a 400 rather than silently ignored.
+`logprobs`, `top_logprobs`, audio output) are refused with a 400 rather than
+silently ignored, as by every translating adapter
+(:func:`gateway.providers.chat.unanswerable_option`).
 
 Answers: a Converse response becomes a `chat.completion`; ConverseStream's
 events (decoded by :mod:`.eventstream`) become `chat.completion.chunk` frames;
@@ -33,12 +35,14 @@ from gateway.providers.bedrock.eventstream import (
     EventStreamMessage,
 )
 from gateway.providers.chat import (
+    UNSUPPORTED_REQUEST,
     ChunkStreamTranslator,
     ToolCall,
     bad_response,
     completion,
     count,
     json_event,
+    unanswerable_option,
 )
 from gateway.providers.failures import (
     MAX_ERROR_MESSAGE,
@@ -79,7 +83,6 @@ DROPPED_OPTIONS: Final = frozenset(
         "store",
         "service_tier",
         "stream_options",
-        "top_logprobs",
         "prediction",
         "reasoning_effort",
         "verbosity",
@@ -103,8 +106,9 @@ class RequestError(ValueError):
 
 
 def invalid_request(message: str) -> AttemptFailed:
-    """A client error found before sending: 400, and no failover (the request is at fault)."""
-    return AttemptFailed(AttemptFailure(400, "invalid_request", message, False))
+    """A client error found before sending: 400 `unsupported_request` (as every
+    translating adapter says it), and no failover (the request is at fault)."""
+    return AttemptFailed(AttemptFailure(400, UNSUPPORTED_REQUEST, message, False))
 
 
 # ---------------------------------------------------------------------------
@@ -116,8 +120,8 @@ def build_converse_request(body: Mapping[str, Any]) -> dict[str, Any]:
     n = body.get("n")
     if n is not None and n != 1:
         raise RequestError("Bedrock returns one choice: 'n' must be 1")
-    if body.get("logprobs"):
-        raise RequestError("Bedrock does not return log probabilities: 'logprobs' is unsupported")
+    if (reason := unanswerable_option(body, "Bedrock")) is not None:
+        raise RequestError(reason)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty list")
