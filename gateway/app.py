@@ -20,6 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.access_log import AccessLog
 from gateway.audit_config import audit_config, sink_config
 from gateway.auth import Authenticator, JwtVerifier, KeyStore
 from gateway.errors import (
@@ -114,6 +115,7 @@ def create_app(
     metrics = _metrics(settings, environ)
     metrics.watch_breakers(forwarder)
     observers = [audit.write, metrics.observe]
+    observers.append(AccessLog().observe)
     pipeline = Pipeline(
         settings, authenticator=authenticator, forwarder=forwarder, audit=audit, observers=observers
     )

@@ -66,7 +66,7 @@ def serve(config_file: str | None, **flags: object) -> None:
 
     try:
         settings = load_settings(config_file, overrides=flags)
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         app = create_app(settings)
     except ConfigError as err:
         click.echo(f"error: {err}", err=True)

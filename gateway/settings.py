@@ -83,7 +83,8 @@ class Settings:
     breaker_failures: int = 5
     breaker_cooldown_s: float = 30.0
     jwt: JwtSettings | None = None
-    log_level: str = "info"
+    log_level: str = "info"  # debug | info | warning | error (warning: no access log)
+    log_format: str = "plain"  # plain | json (one JSON object per line)
     # Start even when an endpoint's credential is missing (routes to it fail
     # over); off by default so that a typo in a variable name stops startup.
     allow_unconfigured_endpoints: bool = False
@@ -252,7 +253,8 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "breaker_failures": lambda v, w: _int(v, w, minimum=1),
     "breaker_cooldown_s": _float,
     "jwt": _jwt,
-    "log_level": _str,
+    "log_level": lambda v, w: _choice(v, w, ("debug", "info", "warning", "error")),
+    "log_format": lambda v, w: _choice(v, w, ("plain", "json")),
     "allow_unconfigured_endpoints": _bool,
     "metrics": lambda v, w: None if v in (None, "") else _bool(v, w),
     "otlp_endpoint": _opt_str,
