@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from gateway.demo.cli import demo_upstream
 from gateway.keys_cli import keys
 from gateway.stats_cli import stats
 from observability.audit_cli import ConfigReader, audit
@@ -29,6 +30,7 @@ main.add_command(policy)
 main.add_command(keys)
 main.add_command(audit)
 main.add_command(stats)
+main.add_command(demo_upstream)
 
 
 @main.command("serve")
