@@ -23,6 +23,7 @@ from aiohttp import web
 from gateway.access_log import AccessLog
 from gateway.audit_config import audit_config, sink_config
 from gateway.auth import Authenticator, JwtVerifier, KeyStore
+from gateway.console import add_console
 from gateway.errors import (
     ConfigError,
     ProviderConfigError,
@@ -143,6 +144,7 @@ def create_app(
             app.router.add_post(path, pipeline.handler(front))
     models.add_routes(app)
     health.add_routes(app)
+    add_console(app)
     return app
 
 

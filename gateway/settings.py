@@ -96,6 +96,13 @@ class Settings:
     metrics_interval_s: float | None = None  # None: OTEL_METRIC_EXPORT_INTERVAL, else 60
     # Traces to the same OTLP endpoint (/v1/traces). None: as `metrics`.
     traces: bool | None = None
+    # The embedded console (GET /console, gateway/console/): off, loopback
+    # clients only, or any client; always for credentials with the admin role.
+    console: str = "loopback"  # off | loopback | any
+    console_admin_role: str = "admin"
+    # Where `make setup` put the console's chart library (npm ci); None: the
+    # node_modules/ of the checkout, else of the working directory.
+    console_assets_dir: str | None = None
 
     def data_class_rank(self, name: str) -> int:
         return self.data_classes.index(name)
@@ -261,6 +268,9 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "otlp_headers": _str_map,
     "metrics_interval_s": lambda v, w: None if v in (None, "") else _positive(v, w),
     "traces": lambda v, w: None if v in (None, "") else _bool(v, w),
+    "console": lambda v, w: _choice(v, w, ("off", "loopback", "any")),
+    "console_admin_role": _str,
+    "console_assets_dir": _opt_str,
 }
 
 
