@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from gateway.logs import FIELDS_ATTR
@@ -24,6 +25,7 @@ from observability.audit import AuditRecord
 from observability.metrics import label, rule_label
 
 LOGGER = "kamiwaza.access"
+_NEEDS_QUOTES = re.compile(r'[\s"]')
 
 
 def access_fields(record: AuditRecord) -> dict[str, Any]:
@@ -58,7 +60,7 @@ def _plain(value: Any) -> str:
         return "true" if value else "false"
     text = str(value)
     # Names come from configuration; quote one that a space would split.
-    return json.dumps(text) if not text or any(c.isspace() or c == '"' for c in text) else text
+    return json.dumps(text) if not text or _NEEDS_QUOTES.search(text) else text
 
 
 def plain_line(fields: dict[str, Any]) -> str:
