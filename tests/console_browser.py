@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -63,13 +64,26 @@ class Page:
         self.url = url
 
     def wait(self, condition: Callable[[webdriver.Chrome], Any], timeout: float = 15.0) -> Any:
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.05).until(condition)
+        return WebDriverWait(
+            self.driver,
+            timeout,
+            poll_frequency=0.05,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        ).until(condition)
 
     def by_testid(self, testid: str) -> WebElement:
         return self.driver.find_element(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
 
     def text(self, testid: str) -> str:
-        return str(self.by_testid(testid).text)
+        """What an element shows, read in one script call (the page may re-render
+        it between two WebDriver calls)."""
+        return str(
+            self.driver.execute_script(
+                'const e = document.querySelector(`[data-testid="${arguments[0]}"]`);'
+                "return e ? e.innerText.trim() : null",
+                testid,
+            )
+        )
 
     def sign_in(self, key: str) -> None:
         self.driver.get(self.url)
@@ -86,13 +100,17 @@ class Page:
     def table(
         self, testid: str, attribute: str | None = None
     ) -> dict[str, list[str]] | list[list[str]]:
-        """A table's body cells: keyed by a row attribute, or as a list of rows."""
-        rows = self.by_testid(testid).find_elements(By.CSS_SELECTOR, "tbody tr")
-        cells = [[str(td.text) for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+        """A table's body cells (as the page shows them), read in one go: keyed by
+        a row attribute, or as a list of rows."""
+        rows = self.driver.execute_script(
+            "const [testid, attribute] = arguments;"
+            'return [...document.querySelector(`[data-testid="${testid}"]`)'
+            ".querySelectorAll('tbody tr')].map(row => ["
+            "  attribute ? row.getAttribute(attribute) : null,"
+            "  [...row.querySelectorAll('td')].map(td => td.innerText.trim())])",
+            testid,
+            attribute,
+        )
         if attribute is None:
-            return cells
-        return {
-            str(row.get_attribute(attribute)): values
-            for row, values in zip(rows, cells, strict=True)
-            if row.get_attribute(attribute)
-        }
+            return [cells for _, cells in rows]
+        return {key: cells for key, cells in rows if key}

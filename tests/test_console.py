@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from selenium.webdriver.common.by import By
 
 from gateway.cli import main
+from gateway.console import chart_library
 from gateway.console.access import is_loopback
 from observability.stats import compute
 from tests.console_browser import Page, chromium
@@ -76,6 +77,7 @@ def _pct(value: float) -> str:
 
 
 async def test_the_console_shows_what_the_audit_records_say(gw: Gateway) -> None:
+    assert chart_library(None) is not None, "Chart.js is not installed: run `make setup` (npm ci)"
     ids = await traffic(gw)
     records = await gw.audit_records()
     by_id = {r["request_id"]: r for r in records}
@@ -115,6 +117,7 @@ def _check_page(
         # -- overview -----------------------------------------------------------------
         page.sign_in(gw.keys["globex"])  # roles dev, admin
         page.wait(lambda d: page.text("kpi-requests") == str(len(records)))
+        driver.find_element(By.ID, "auto").click()  # no refresh while the test reads
         assert page.text("who") == "globex / u-2 (dev, admin)"
         assert page.text("kpi-error-rate") == _pct(expected["error_rate"])
         assert page.text("kpi-errors") == f"{expected['errors']} errors (status >= 400)"
