@@ -21,8 +21,10 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway import dry_run
+from gateway.access_log import AccessLog
 from gateway.audit_config import audit_config, sink_config
 from gateway.auth import Authenticator, JwtVerifier, KeyStore
+from gateway.console import add_console
 from gateway.errors import (
     ConfigError,
     ProviderConfigError,
@@ -134,6 +136,7 @@ def create_app(
     metrics = _metrics(settings, environ)
     metrics.watch_breakers(forwarder)
     observers = [audit.write, metrics.observe]
+    observers.append(AccessLog().observe)
     pipeline = Pipeline(
         settings, authenticator=authenticator, forwarder=forwarder, audit=audit, observers=observers
     )
@@ -165,6 +168,7 @@ def create_app(
     models.add_routes(app)
     health.add_routes(app)
     dry_run.add_routes(app)
+    add_console(app)
     return app
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.settings import Settings, SettingsError, load_settings
+from observability.audit_reader import SourceOptions
 from observability.pipeline import AuditConfig, AuditConfigError, SinkConfig
 
 
@@ -47,7 +48,7 @@ def audit_config(settings: Settings, environ: Mapping[str, str] | None = None) -
             )
         salt = value.encode()
     return AuditConfig(
-        spool_dir=Path(settings.audit_spool_dir or Path(settings.audit_dir) / "spool"),
+        spool_dir=spool_dir(settings),
         host=settings.audit_host or socket.gethostname(),
         prefix=settings.audit_prefix,
         spool_max_bytes=settings.audit_spool_max_bytes,
@@ -73,3 +74,28 @@ def configured_sink(config_file: str | None) -> SinkConfig:
         return sink_config(load_settings(config_file))
     except SettingsError as err:
         raise AuditConfigError(str(err)) from err
+
+
+def spool_dir(settings: Settings) -> Path:
+    return Path(settings.audit_spool_dir or Path(settings.audit_dir) / "spool")
+
+
+def record_sources(settings: Settings) -> tuple[list[str], SourceOptions, bool]:
+    """Where this gateway's audit records can be read back (`kamiwaza stats`,
+    the console): the sink's objects and the spool's records not shipped yet.
+
+    Returns the sources, how to reach a bucket, and whether they hold every
+    record (False for the HTTP collector, which cannot be read back: only the
+    spool is).
+    """
+    spool = spool_dir(settings)
+    if settings.audit_sink == "local":
+        root = Path(settings.audit_dir)
+        sources = [str(root)]  # the sink's files and, below it by default, the spool
+        if not spool.resolve().is_relative_to(root.resolve()):
+            sources.append(str(spool))
+        return sources, SourceOptions(), True
+    if settings.audit_sink == "http":
+        return [str(spool)], SourceOptions(), False
+    bucket, options = sink_config(settings).read_back()
+    return [bucket, str(spool)], options, True

@@ -8,10 +8,12 @@ import sys
 import click
 
 from gateway.bundle_cli import publish
+from gateway.demo.cli import demo_upstream
 from gateway.dry_run_cli import route
 from gateway.keys_cli import keys
 from gateway.limits.cli import budgets
 from gateway.policy_cli import diff_cmd, shadow_report_cmd
+from gateway.stats_cli import stats
 from observability.audit_cli import ConfigReader, audit
 from translator.cli import policy
 
@@ -36,6 +38,8 @@ main.add_command(keys)
 main.add_command(audit)
 main.add_command(route)
 main.add_command(budgets)
+main.add_command(stats)
+main.add_command(demo_upstream)
 
 
 @main.command("serve")
@@ -72,7 +76,7 @@ def serve(config_file: str | None, **flags: object) -> None:
 
     try:
         settings = load_settings(config_file, overrides=flags)
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         app = create_app(settings)
     except ConfigError as err:
         click.echo(f"error: {err}", err=True)
@@ -122,64 +126,3 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
-
-
-@main.command("stats")
-@click.argument("source", required=False, envvar="KAMIWAZA_AUDIT_DIR", default="audit")
-@click.option("--since", default="24h", show_default=True, help="Start: 2h, 7d or a time.")
-@click.option("--until", default=None, help="End (exclusive): a duration ago or a time; now.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-)
-@click.option("--endpoint-url", default=None, help="S3-compatible store or GCS emulator URL.")
-@click.option("--region", default=None, help="S3 region of a bucket SOURCE.")
-@click.option("--project", default=None, help="GCP project of a gs:// SOURCE.")
-def stats(
-    *,
-    source: str,
-    since: str,
-    until: str | None,
-    fmt: str,
-    endpoint_url: str | None,
-    region: str | None,
-    project: str | None,
-) -> None:
-    """Latency, errors, cost, tokens and routing from the audit records in SOURCE.
-
-    SOURCE is the audit directory (default: $KAMIWAZA_AUDIT_DIR, else ./audit),
-    one file, or a bucket prefix (s3://bucket/prefix, gs://bucket/prefix);
-    times are RFC 3339 (UTC when no offset) or durations before now (90s, 15m,
-    2h, 7d).
-    """
-    from datetime import UTC, datetime
-
-    from observability.audit_reader import SourceOptions
-    from observability.stats import (
-        ReadReport,
-        StatsError,
-        compute,
-        parse_time,
-        read_records,
-        render_json,
-        render_table,
-    )
-
-    now = datetime.now(UTC)
-    try:
-        start = parse_time(since, now)
-        end = parse_time(until, now) if until else now
-        if start >= end:
-            raise click.UsageError(f"--since ({since}) must be before --until ({until or 'now'})")
-        report = ReadReport()
-        options = SourceOptions(endpoint_url=endpoint_url, region=region, project=project)
-        summary = compute(read_records(source, start, end, report, options), start, end)
-    except StatsError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
-    if report.bad_lines:
-        click.echo(f"warning: skipped {report.bad_lines} unreadable line(s)", err=True)
-    click.echo(render_json(summary) if fmt == "json" else render_table(summary), nl=False)

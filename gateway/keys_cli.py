@@ -11,8 +11,10 @@ key id), 2 usage errors.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -22,14 +24,45 @@ if TYPE_CHECKING:
 
 EXIT_OPERATIONAL = 1
 
-_keys_file_option = click.option(
-    "--keys-file",
-    "keys_file",
-    required=True,
-    envvar="KAMIWAZA_KEYS",
-    type=click.Path(dir_okay=False),
-    help="The keys file (env: KAMIWAZA_KEYS).",
-)
+
+def _keys_file_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--keys-file` and `--config`, handed to the command as one `keys_file`.
+
+    The file is the one `kamiwaza serve` would use: `--keys-file`, else
+    KAMIWAZA_KEYS, else the `keys` setting of the config file (`--config` or
+    KAMIWAZA_CONFIG), else `keys.json`.
+    """
+
+    @functools.wraps(func)
+    def command(*, keys_file: str | None, config_file: str | None, **kwargs: Any) -> Any:
+        return func(keys_file=keys_file or _configured_keys_file(config_file), **kwargs)
+
+    command = click.option(
+        "--config",
+        "config_file",
+        default=None,
+        type=click.Path(dir_okay=False),
+        help="Gateway config file whose `keys` setting names the file (also KAMIWAZA_CONFIG).",
+    )(command)
+    return click.option(
+        "--keys-file",
+        "keys_file",
+        default=None,
+        envvar="KAMIWAZA_KEYS",
+        type=click.Path(dir_okay=False),
+        help="The keys file (env: KAMIWAZA_KEYS; default: the gateway's `keys` setting, "
+        "keys.json).",
+    )(command)
+
+
+def _configured_keys_file(config_file: str | None) -> str:
+    from gateway.errors import ConfigError
+    from gateway.settings import load_settings
+
+    try:
+        return load_settings(config_file).keys
+    except ConfigError as err:
+        _fail(str(err))
 
 
 def _fail(message: str) -> NoReturn:

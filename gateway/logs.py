@@ -1,20 +1,35 @@
-"""Logging: the format, the level, and the filter that keeps credentials out."""
+"""Logging: the format (`log_format`: plain text or JSON lines), the level
+(`log_level`), and the filter that keeps credentials out of every line."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import sys
+from datetime import UTC, datetime
+from typing import IO, Final
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-# Credentials as they can appear in text: our API keys, bearer tokens, api-key headers.
+# Credentials as they can appear in text: our API keys, bearer tokens, api-key
+# headers. "bearer" must be a word of its own followed by a separator, so that
+# ordinary text such as `auth.bearer_token_env` is left alone; the words after it
+# that plainly are prose ("the bearer token is missing") are never a credential.
+_PROSE_AFTER_BEARER = r"(?:tokens?|credentials?|auth|authentication|header|scheme)"
 _CREDENTIAL_RE = re.compile(
-    r"(kw_[0-9a-f]+_)[A-Za-z0-9_-]+|((?:bearer|api-key:|x-api-key:)\s*)[^\s'\"\\]+",
+    r"(kw_[0-9a-f]+_)[A-Za-z0-9_-]+"
+    r"|((?<![A-Za-z])bearer(?:\s*[:=]\s*|\s+)|api-key:\s*)"
+    rf"(?!{_PROSE_AFTER_BEARER}(?![A-Za-z0-9._~+/=-]))[^\s'\"\\]+",
     re.IGNORECASE,
 )
 
 
 def redact_credentials(text: str) -> str:
+    lowered = text.lower()
+    # Most lines hold none of the markers: skip the regex's scan of every position.
+    if "kw_" not in lowered and "bearer" not in lowered and "api-key" not in lowered:
+        return text
     return _CREDENTIAL_RE.sub(lambda m: (m.group(1) or m.group(2)) + "<redacted>", text)
 
 
@@ -41,12 +56,48 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter())
-    # aiohttp's access log would be a second, unaudited record of every request.
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("plain", "json")
+PLAIN_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# A record's structured fields (the access log's) ride in this attribute.
+FIELDS_ATTR: Final = "kamiwaza_fields"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the record's
+    structured fields (e.g. the access log's) at the top level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, FIELDS_ATTR, None)
+        if isinstance(fields, dict):
+            doc.update(fields)
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, separators=(",", ":"), default=str)
+
+
+def formatter(fmt: str) -> logging.Formatter:
+    return JsonFormatter() if fmt == "json" else logging.Formatter(PLAIN_FORMAT)
+
+
+def configure_logging(level: str, fmt: str = "plain", stream: IO[str] | None = None) -> None:
+    """The root logger's one handler (stderr unless `stream`), in `fmt`, at `level`."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(formatter(fmt))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    # aiohttp's access log would be a second, unaudited record of every request;
+    # the gateway writes its own (gateway.access_log).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -177,7 +177,7 @@ def opa_input(
     path: str,
     stream: bool,
 ) -> dict[str, Any]:
-    """The input document of DESIGN.md. Absent fields are left out, never null;
+    """The input document (docs/design.md, "Decision"). Absent fields are left out, never null;
     prompt text never enters it (OPA's decision log stores the whole input)."""
     user: dict[str, Any] = {"roles": list(identity.roles)}
     if identity.user is not None:

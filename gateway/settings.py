@@ -112,7 +112,8 @@ class Settings:
     breaker_failures: int = 5
     breaker_cooldown_s: float = 30.0
     jwt: JwtSettings | None = None
-    log_level: str = "info"
+    log_level: str = "info"  # debug | info | warning | error (warning: no access log)
+    log_format: str = "plain"  # plain | json (one JSON object per line)
     # Start even when an endpoint's credential is missing (routes to it fail
     # over); off by default so that a typo in a variable name stops startup.
     allow_unconfigured_endpoints: bool = False
@@ -133,6 +134,13 @@ class Settings:
     limits_redis_password_env: str | None = None
     limits_redis_timeout_ms: int = 250
     limits_fail_mode: str = "closed"  # closed (503) | open (logged, counted)
+    # The embedded console (GET /console, gateway/console/): off, loopback
+    # clients only, or any client; always for credentials with the admin role.
+    console: str = "loopback"  # off | loopback | any
+    console_admin_role: str = "admin"
+    # Where `make setup` put the console's chart library (npm ci); None: the
+    # node_modules/ of the checkout, else of the working directory.
+    console_assets_dir: str | None = None
 
     def data_class_rank(self, name: str) -> int:
         return self.data_classes.index(name)
@@ -314,7 +322,8 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "breaker_failures": lambda v, w: _int(v, w, minimum=1),
     "breaker_cooldown_s": _float,
     "jwt": _jwt,
-    "log_level": _str,
+    "log_level": lambda v, w: _choice(v, w, ("debug", "info", "warning", "error")),
+    "log_format": lambda v, w: _choice(v, w, ("plain", "json")),
     "allow_unconfigured_endpoints": _bool,
     "metrics": lambda v, w: None if v in (None, "") else _bool(v, w),
     "otlp_endpoint": _opt_str,
@@ -327,6 +336,9 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "limits_redis_password_env": _opt_str,
     "limits_redis_timeout_ms": lambda v, w: _int(v, w, minimum=1),
     "limits_fail_mode": lambda v, w: _choice(v, w, ("closed", "open")),
+    "console": lambda v, w: _choice(v, w, ("off", "loopback", "any")),
+    "console_admin_role": _str,
+    "console_assets_dir": _opt_str,
 }
 
 

@@ -23,6 +23,7 @@ import click
 
 from observability.audit_reader import SourceOptions, entry_time, iter_entries, open_source
 from observability.chain import KIND_DECISION, KIND_REQUEST, ChainVerifier
+from observability.decision_log import is_route_decision
 from observability.pipeline import AuditConfigError, SinkConfig
 from observability.sinks import ObjectSource
 from observability.times import parse_duration, parse_moment, parse_timestamp
@@ -224,7 +225,9 @@ def reconcile(
     grace: str,
     progress: bool | None,
 ) -> None:
-    """List gateway records with no OPA decision event, and OPA events with no record."""
+    """List gateway records with no OPA decision event, and OPA routing decisions
+    with no record (events of other queries, such as the guards query of
+    `GET /v1/models`, decide no request and are only counted)."""
     start, end = parse_when(since), parse_when(until)
     grace_span = parse_duration(grace)
     if grace_span is None:
@@ -236,6 +239,7 @@ def reconcile(
     verifier = ChainVerifier(allow_partial=True)
     records: dict[str, dict[str, Any]] = {}
     events: dict[str, dict[str, Any]] = {}
+    other_events: set[str] = set()  # events of other queries: no record expected
     for entry in _entries(objects, verifier, start, end, progress):
         if _outside(entry_time(entry), start, end):
             continue
@@ -244,7 +248,10 @@ def reconcile(
             if decision_id:
                 records.setdefault(decision_id, entry["body"])
         elif entry["kind"] == KIND_DECISION:
-            events.setdefault(entry["id"], entry["body"])
+            if is_route_decision(entry["body"]):
+                events.setdefault(entry["id"], entry["body"])
+            else:
+                other_events.add(entry["id"])
     no_event = sorted(
         ({"decision_id": d, "request_id": r.get("request_id"), "timestamp": r.get("timestamp"),
           "tenant": r.get("tenant"), "status": r.get("status")}
@@ -272,6 +279,7 @@ def reconcile(
                 {
                     "records": len(records),
                     "events": len(events),
+                    "other_events": len(other_events),
                     "records_without_event": no_event,
                     "events_without_record": no_record,
                     "pending": pending,
@@ -280,7 +288,15 @@ def reconcile(
             )
         )
     else:
-        click.echo(f"{len(records)} decided request record(s), {len(events)} OPA event(s)")
+        others = (
+            f" ({len(other_events)} event(s) of other queries, e.g. GET /v1/models, not counted)"
+            if other_events
+            else ""
+        )
+        click.echo(
+            f"{len(records)} decided request record(s), "
+            f"{len(events)} OPA route decision event(s){others}"
+        )
         click.echo(f"records without an OPA event: {len(no_event)}")
         for row in no_event:
             click.echo(

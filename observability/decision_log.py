@@ -32,6 +32,18 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 << 20
 MAX_INFLATED_BYTES = 64 << 20
 SERVICE = "kamiwaza-audit"
+# The query path of the gateway's routing decisions (gateway.policy); the events
+# of other queries (the guards query behind `GET /v1/models`) decide no request,
+# so no request record answers them.
+ROUTE_DECISION_PATH = "kamiwaza/route/decision"
+
+
+def is_route_decision(event: dict[str, Any]) -> bool:
+    """Whether an OPA decision event is a routing decision (one request record
+    each). An event without a path is taken as one."""
+    path = event.get("path")
+    return path is None or str(path).strip("/").replace(".", "/") == ROUTE_DECISION_PATH
+
 
 # Accepts one event; False: refused (spool full in refuse mode), answer 503.
 EventWriter = Callable[[dict[str, Any]], bool]

@@ -3,10 +3,15 @@
 What the Grafana dashboards show, computed exactly from the audit records
 rather than estimated from histogram buckets, for one time window:
 
-- by endpoint: requests, errors (HTTP status >= 400), error rate and the
-  p50/p95/p99 of the total request latency;
+- in all: requests, errors (HTTP status >= 400) and the error rate;
+- by endpoint: requests, errors, error rate, the p50/p95/p99 of the total
+  request latency and of the time to first token (streams), tokens, cost, and
+  failovers away from it;
+- by endpoint and model: requests, tokens and cost;
 - by tenant: requests, input and output tokens and cost in USD;
-- by rule: requests and their share (overrides as "override:<name>").
+- by rule: requests, their share (overrides as "override:<name>"), tokens, cost;
+- failovers: moves from one endpoint of a route to the next, by the endpoint
+  left and its error.
 
 Labels follow the metrics exactly (observability.metrics.label/rule_label), so
 the numbers agree with what Prometheus computes for the same traffic: counts,
@@ -17,7 +22,10 @@ Records come from a *source*: a directory (every `*.jsonl` and `*.jsonl.gz`
 below it, e.g. the gateway's `audit_dir` or a downloaded bucket prefix) or a
 single file, or the audit pipeline's bucket (`s3://bucket/prefix`,
 `gs://bucket/prefix`). Delivery is at least once, so records are de-duplicated
-by `request_id`.
+by `request_id`, also across several sources (:func:`read_many`: a sink's
+records and the spool's, not yet shipped). :class:`~observability.record_filter.RecordFilter`
+narrows them (tenant, rule, endpoint, status, operation, data class). The text
+and JSON renderings are in :mod:`observability.stats_render`.
 """
 
 from __future__ import annotations
@@ -156,6 +164,27 @@ def read_records(
         yield record
 
 
+def read_many(
+    sources: Iterable[str],
+    since: datetime,
+    until: datetime,
+    report: ReadReport | None = None,
+    options: SourceOptions | None = None,
+) -> Iterator[Mapping[str, Any]]:
+    """:func:`read_records` of each source in turn, each request once over all."""
+    report = report if report is not None else ReadReport()
+    seen: set[str] = set()
+    for source in sources:
+        for record in read_records(source, since, until, report, options):
+            request_id = record.get("request_id")
+            if isinstance(request_id, str):
+                if request_id in seen:
+                    report.duplicates += 1
+                    continue
+                seen.add(request_id)
+            yield record
+
+
 def _parse_files(files: list[Path], report: ReadReport) -> Iterator[Mapping[str, Any]]:
     for path in files:
         report.files += 1
@@ -191,18 +220,36 @@ def quantile(values: list[float], q: float) -> float | None:
 
 
 @dataclass
-class _Endpoint:
-    requests: int = 0
-    errors: int = 0
-    latencies: list[float] = field(default_factory=list)
-
-
-@dataclass
-class _Tenant:
+class _Usage:
     requests: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        self.requests += 1
+        tokens = record.get("tokens")
+        if isinstance(tokens, Mapping):
+            self.input_tokens += int(_number(tokens.get("input")) or 0)
+            self.output_tokens += int(_number(tokens.get("output")) or 0)
+        self.cost_usd += _number(record.get("cost_usd")) or 0.0
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": round(self.cost_usd, 9),
+        }
+
+
+@dataclass
+class _Endpoint:
+    usage: _Usage = field(default_factory=_Usage)
+    errors: int = 0
+    failovers: int = 0
+    latencies: list[float] = field(default_factory=list)
+    ttfts: list[float] = field(default_factory=list)
 
 
 def _number(value: Any) -> float | None:
@@ -211,165 +258,107 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def _quantiles(values: list[float], prefix: str) -> dict[str, float | None]:
+    values.sort()
+    out: dict[str, float | None] = {}
+    for q in QUANTILES:
+        value = quantile(values, q)
+        out[f"{prefix}p{round(q * 100)}_ms"] = None if value is None else round(value, 3)
+    return out
+
+
 def compute(
     records: Iterable[Mapping[str, Any]], since: datetime, until: datetime
 ) -> dict[str, Any]:
     """The summary as plain data (what `--format json` prints)."""
     endpoints: dict[str, _Endpoint] = {}
-    tenants: dict[str, _Tenant] = {}
-    rules: dict[str, int] = {}
-    operations: dict[str, _Tenant] = {}
-    total = 0
+    models: dict[tuple[str, str], _Usage] = {}
+    tenants: dict[str, _Usage] = {}
+    rules: dict[str, _Usage] = {}
+    operations: dict[str, _Usage] = {}
+    failovers: dict[tuple[str, str], int] = {}
+    total = errors = 0
     for record in records:
         total += 1
         status = record.get("status")
         failed = not isinstance(status, int) or status >= 400
+        errors += failed
         latency = record.get("latency_ms")
-        total_ms = _number(latency.get("total")) if isinstance(latency, Mapping) else None
+        latency = latency if isinstance(latency, Mapping) else {}
 
-        ep = endpoints.setdefault(label(record.get("endpoint")), _Endpoint())
-        ep.requests += 1
+        name = label(record.get("endpoint"))
+        ep = endpoints.setdefault(name, _Endpoint())
+        ep.usage.add(record)
         ep.errors += failed
-        if total_ms is not None:
+        if (total_ms := _number(latency.get("total"))) is not None:
             ep.latencies.append(total_ms)
-
-        tenant = tenants.setdefault(label(record.get("tenant")), _Tenant())
-        tenant.requests += 1
-        tokens = record.get("tokens")
-        if isinstance(tokens, Mapping):
-            tenant.input_tokens += int(_number(tokens.get("input")) or 0)
-            tenant.output_tokens += int(_number(tokens.get("output")) or 0)
-        tenant.cost_usd += _number(record.get("cost_usd")) or 0.0
-        operation = operations.setdefault(label(record.get("operation")), _Tenant())
-        operation.requests += 1
-        if isinstance(tokens, Mapping):
-            operation.input_tokens += int(_number(tokens.get("input")) or 0)
-            operation.output_tokens += int(_number(tokens.get("output")) or 0)
-        operation.cost_usd += _number(record.get("cost_usd")) or 0.0
-
+        if (ttft_ms := _number(latency.get("ttft"))) is not None:
+            ep.ttfts.append(ttft_ms)
+        models.setdefault((name, label(record.get("model"))), _Usage()).add(record)
+        tenants.setdefault(label(record.get("tenant")), _Usage()).add(record)
         rule = record.get("rule")
-        name = rule_label(rule if isinstance(rule, Mapping) else None, record.get("overridden_by"))
-        rules[name] = rules.get(name, 0) + 1
+        rule_name = rule_label(
+            rule if isinstance(rule, Mapping) else None, record.get("overridden_by")
+        )
+        rules.setdefault(rule_name, _Usage()).add(record)
+        operations.setdefault(label(record.get("operation")), _Usage()).add(record)
+        # As the metrics count them: each attempt after the first is a move
+        # away from the attempt before it.
+        attempts = record.get("attempts")
+        previous: Mapping[str, Any] | None = None
+        for attempt in attempts if isinstance(attempts, list) else ():
+            if not isinstance(attempt, Mapping):
+                continue
+            if previous is not None:
+                left = label(previous.get("endpoint"))
+                key = (left, label(previous.get("error")))
+                failovers[key] = failovers.get(key, 0) + 1
+                endpoints.setdefault(left, _Endpoint()).failovers += 1
+            previous = attempt
 
     endpoint_rows = []
     for name, ep in sorted(endpoints.items()):
-        ep.latencies.sort()
-        row: dict[str, Any] = {
-            "endpoint": name,
-            "requests": ep.requests,
-            "errors": ep.errors,
-            "error_rate": ep.errors / ep.requests,
-        }
-        for q in QUANTILES:
-            value = quantile(ep.latencies, q)
-            row[f"p{round(q * 100)}_ms"] = None if value is None else round(value, 3)
-        endpoint_rows.append(row)
+        requests = ep.usage.requests
+        endpoint_rows.append(
+            {
+                "endpoint": name,
+                "requests": requests,
+                "errors": ep.errors,
+                "error_rate": ep.errors / requests if requests else 0.0,
+                **_quantiles(ep.latencies, ""),
+                **_quantiles(ep.ttfts, "ttft_"),
+                "input_tokens": ep.usage.input_tokens,
+                "output_tokens": ep.usage.output_tokens,
+                "cost_usd": round(ep.usage.cost_usd, 9),
+                "failovers": ep.failovers,
+            }
+        )
     return {
         "window": {"since": _iso(since), "until": _iso(until)},
         "requests": total,
+        "errors": errors,
+        "error_rate": errors / total if total else 0.0,
         "endpoints": endpoint_rows,
+        "models": [
+            {"endpoint": endpoint, "model": model, **usage.row()}
+            for (endpoint, model), usage in sorted(models.items())
+        ],
         "tenants": [
-            {
-                "tenant": name,
-                "requests": t.requests,
-                "input_tokens": t.input_tokens,
-                "output_tokens": t.output_tokens,
-                "cost_usd": round(t.cost_usd, 9),
-            }
+            {"tenant": name, **t.row()}
             for name, t in sorted(tenants.items(), key=lambda kv: (-kv[1].cost_usd, kv[0]))
         ],
         "rules": [
-            {"rule": name, "requests": count, "share": count / total}
-            for name, count in sorted(rules.items(), key=lambda kv: (-kv[1], kv[0]))
+            {"rule": name, **r.row(), "share": r.requests / total}
+            for name, r in sorted(rules.items(), key=lambda kv: (-kv[1].requests, kv[0]))
         ],
         "operations": [
-            {
-                "operation": name,
-                "requests": o.requests,
-                "input_tokens": o.input_tokens,
-                "output_tokens": o.output_tokens,
-                "cost_usd": round(o.cost_usd, 9),
-            }
+            {"operation": name, **o.row()}
             for name, o in sorted(operations.items(), key=lambda kv: (-kv[1].requests, kv[0]))
         ],
+        "failovers": [
+            {"endpoint": endpoint, "reason": reason, "count": count}
+            for (endpoint, reason), count in sorted(
+                failovers.items(), key=lambda kv: (-kv[1], kv[0])
+            )
+        ],
     }
-
-
-# -- rendering -----------------------------------------------------------------
-
-
-def _table(headers: list[str], rows: list[list[str]], numeric_from: int = 1) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            cell.rjust(widths[i]) if i >= numeric_from else cell.ljust(widths[i])
-            for i, cell in enumerate(cells)
-        ).rstrip()
-
-    return [line(headers), *(line(r) for r in rows)]
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
-def render_table(summary: Mapping[str, Any]) -> str:
-    window = summary["window"]
-    out = [f"{summary['requests']} requests from {window['since']} to {window['until']}"]
-    if not summary["requests"]:
-        return out[0] + "\n"
-    out += ["", "Latency and errors by endpoint (ms)"]
-    out += _table(
-        ["endpoint", "requests", "errors", "error rate", "p50", "p95", "p99"],
-        [
-            [
-                r["endpoint"],
-                str(r["requests"]),
-                str(r["errors"]),
-                f"{r['error_rate']:.1%}",
-                _ms(r["p50_ms"]),
-                _ms(r["p95_ms"]),
-                _ms(r["p99_ms"]),
-            ]
-            for r in summary["endpoints"]
-        ],
-    )
-    out += ["", "Cost and tokens by tenant"]
-    out += _table(
-        ["tenant", "requests", "input tokens", "output tokens", "cost (USD)"],
-        [
-            [
-                r["tenant"],
-                str(r["requests"]),
-                str(r["input_tokens"]),
-                str(r["output_tokens"]),
-                f"{r['cost_usd']:.6f}",
-            ]
-            for r in summary["tenants"]
-        ],
-    )
-    out += ["", "Requests by rule"]
-    out += _table(
-        ["rule", "requests", "share"],
-        [[r["rule"], str(r["requests"]), f"{r['share']:.1%}"] for r in summary["rules"]],
-    )
-    out += ["", "Requests by operation"]
-    out += _table(
-        ["operation", "requests", "input tokens", "output tokens", "cost (USD)"],
-        [
-            [
-                r["operation"],
-                str(r["requests"]),
-                str(r["input_tokens"]),
-                str(r["output_tokens"]),
-                f"{r['cost_usd']:.6f}",
-            ]
-            for r in summary["operations"]
-        ],
-    )
-    return "\n".join(out) + "\n"
-
-
-def render_json(summary: Mapping[str, Any]) -> str:
-    return json.dumps(summary, indent=2) + "\n"

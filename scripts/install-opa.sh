@@ -34,7 +34,7 @@ MSG
 fi
 
 mkdir -p "$bindir"
-echo "install-opa: building OPA $OPA_VERSION with go install (first run only, a few minutes)" >&2
+echo "install-opa: building OPA $OPA_VERSION with go install (first time only, about 3 minutes)" >&2
 # -buildvcs=false: the project checkout may not be a complete git repository.
 GOBIN="$bindir" GOFLAGS="${GOFLAGS:--buildvcs=false}" \
     go install "github.com/open-policy-agent/opa@$OPA_VERSION" >&2

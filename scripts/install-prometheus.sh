@@ -41,7 +41,7 @@ if [ -x "$target" ] && [ "$(built_version "$target")" = "$PROMETHEUS_VERSION" ];
 fi
 
 mkdir -p "$bindir"
-echo "install-prometheus: building Prometheus $PROMETHEUS_VERSION with go install (first run only, a few minutes)" >&2
+echo "install-prometheus: building Prometheus $PROMETHEUS_VERSION with go install (first time only, about 5 minutes)" >&2
 # Build into a scratch GOBIN and move into place, so that an interrupted build
 # never leaves a half-written binary behind. -buildvcs=false: the checkout may
 # not be a complete git repository.

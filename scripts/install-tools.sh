@@ -31,7 +31,7 @@ install_go_tool() {
         return 1
     fi
     mkdir -p "$bindir"
-    echo "install-tools: building $name $version with go install (first run only)" >&2
+    echo "install-tools: building $name $version with go install (first time only, about a minute)" >&2
     GOBIN="$bindir" GOFLAGS="${GOFLAGS:--buildvcs=false}" go install "$module@$version" >&2
     got="$(module_version "$target")"
     if [ "$got" != "$version" ]; then

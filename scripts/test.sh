@@ -24,6 +24,9 @@ step "compile the example policy"
 rm -rf "$BUILD"
 "$BIN/kamiwaza" policy compile policies/routing.yaml -o "$BUILD"
 
+step "the demo policy's tests (make run)"
+"$BIN/kamiwaza" policy test policies/demo/routing.yaml
+
 step "opa fmt"
 "$KAMIWAZA_OPA_BIN" fmt --fail --list rego "$EXAMPLES" "$BUILD"
 

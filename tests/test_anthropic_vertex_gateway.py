@@ -798,3 +798,24 @@ async def test_provider_secrets_never_reach_clients_logs_or_audit(
     text = caplog.text + json.dumps(outputs) + json.dumps(await env.audit())
     for secret in (ANTHROPIC_KEY, private_key_line, *tokens):
         assert secret not in text
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_logprobs_are_refused_not_dropped(env: Env, provider: str) -> None:
+    """On a route to a provider without log probabilities the client is told
+    (400 unsupported_request), nothing goes upstream, and nothing fails over."""
+    with pytest.raises(openai.BadRequestError) as info:
+        await env.create(provider, logprobs=True)
+    name = "Gemini on Vertex AI" if provider == "vertex-gemini" else "Anthropic"
+    message = f"'logprobs' cannot be honoured: {name} does not return log probabilities"
+    assert info.value.body == {
+        "message": message,
+        "type": "invalid_request_error",
+        "code": "unsupported_request",
+    }
+    assert env.received(provider) == []
+    (record,) = await env.audit()
+    assert (record["status"], record["error"]["code"]) == (400, "unsupported_request")
+    assert [(a["endpoint"], a["error"]) for a in record["attempts"]] == [
+        (provider, "unsupported_request")
+    ]

@@ -212,10 +212,41 @@ def test_create_usage_errors_exit_2(workdir: Path, args: list[str], error: str) 
     assert not (workdir / "keys.json").exists()
 
 
-def test_missing_keys_file_option_exits_2(workdir: Path) -> None:
-    code, out, err = run("keys", "list")
-    assert (code, out) == (2, "")
-    assert err.splitlines()[-1] == "Error: Missing option '--keys-file'."
+def test_the_keys_file_defaults_to_the_one_serve_uses(workdir: Path) -> None:
+    """`keys list` and `keys revoke` as the README shows them: keys.json, like serve."""
+    key_id, _ = create("--tenant", "acme")
+    code, out, err = run("keys", "list", "--json")
+    assert (code, err) == (0, "")
+    assert [entry["id"] for entry in json.loads(out)] == [key_id]
+    code, out, _ = run("keys", "revoke", key_id)
+    assert (code, out) == (0, f"revoked key {key_id} (tenant 'acme') at 2025-11-25T11:00:00Z\n")
+    code, out, _ = run("keys", "create", "--tenant", "globex")
+    assert code == 0
+    assert [r.tenant for r in KeyStore.load(workdir / "keys.json").records()] == [
+        "acme",
+        "globex",
+    ]
+
+
+def test_the_keys_file_of_the_gateway_config(workdir: Path) -> None:
+    (workdir / "etc").mkdir()
+    (workdir / "etc" / "gateway.yaml").write_text("keys: etc/tenants.json\n")
+    code, out, _ = run("keys", "create", "--config", "etc/gateway.yaml", "--tenant", "acme")
+    assert code == 0
+    key_id = out.split()[1]
+    assert [r.key_id for r in KeyStore.load(workdir / "etc" / "tenants.json").records()] == [key_id]
+    code, out, _ = run("keys", "list", "--json", env={"KAMIWAZA_CONFIG": "etc/gateway.yaml"})
+    assert code == 0
+    assert [entry["id"] for entry in json.loads(out)] == [key_id]
+    # An explicit --keys-file (or KAMIWAZA_KEYS) wins over the config.
+    assert run("keys", "list", "--config", "etc/gateway.yaml", "--keys-file", "keys.json") == (
+        1,
+        "",
+        "error: keys.json: keys file not found\n",
+    )
+    code, _, err = run("keys", "list", "--config", "etc/missing.yaml")
+    assert code == 1
+    assert err == "error: config file etc/missing.yaml: No such file or directory\n"
 
 
 def test_keys_file_from_the_environment(workdir: Path) -> None:

@@ -20,6 +20,20 @@ KEY = "kw_5e073f83a65cb6f7_BvrT1DFHVvLYEQF7KUpyF3P_EkSWvRqIVlEip3G8AwE"
         ("b'api-key: sk-abc123'", "b'api-key: <redacted>'"),
         ("X-Api-Key: abc and bearer eyJ.x.y", "X-Api-Key: <redacted> and bearer <redacted>"),
         ("nothing secret here", "nothing secret here"),
+        ("Authorization:Bearer sk-live-1", "Authorization:Bearer <redacted>"),
+        ("bearer: tok_1 and bearer=tok_2", "bearer: <redacted> and bearer=<redacted>"),
+        ("Bearer token-abc123", "Bearer <redacted>"),
+        ("Bearer tokens.are.here", "Bearer <redacted>"),
+        ("Bearer tokenXYZ", "Bearer <redacted>"),
+        ("my-api-key:s3cr3t", "my-api-key:<redacted>"),
+        # Ordinary text is left as it is.
+        (
+            "environment variable PRIVATE_GPU_TOKEN (auth.bearer_token_env) is not set",
+            "environment variable PRIVATE_GPU_TOKEN (auth.bearer_token_env) is not set",
+        ),
+        ("the bearer token is missing", "the bearer token is missing"),
+        ("send a Bearer credential", "send a Bearer credential"),
+        ("a forbearer of news", "a forbearer of news"),
     ],
 )
 def test_redact_credentials(text: str, expected: str) -> None:
@@ -46,3 +60,28 @@ def test_other_messages_are_scrubbed() -> None:
     record = _record("upstream said %s", (f"bad token Bearer {KEY}",), None)
     assert RedactingFilter().filter(record)
     assert record.getMessage() == "upstream said bad token Bearer <redacted>"
+
+
+def test_the_unconfigured_endpoint_warning_reads_as_written() -> None:
+    """The start-up warning of an endpoint whose credential variable is unset
+    (it used to read `(auth.bearer<redacted> is not set`)."""
+    from gateway.errors import ProviderConfigError
+    from gateway.providers.credentials import CredentialStore
+    from translator.errors import Position
+    from translator.registry import Endpoint
+
+    endpoint = Endpoint(
+        name="private-gpu",
+        type="openai-compatible",
+        pos=Position("endpoints.yaml", 1, 1),
+        auth={"bearer_token_env": "PRIVATE_GPU_TOKEN"},
+    )
+    with pytest.raises(ProviderConfigError) as caught:
+        CredentialStore(endpoint, environ={}).load("bearer_token")
+    record = _record("endpoint unavailable: %s", (caught.value,), None)
+    record.levelno, record.levelname = logging.WARNING, "WARNING"
+    assert RedactingFilter().filter(record)
+    assert record.getMessage() == (
+        "endpoint unavailable: endpoint 'private-gpu': environment variable "
+        "PRIVATE_GPU_TOKEN (auth.bearer_token_env) is not set"
+    )

@@ -27,21 +27,32 @@ def record(
     total_ms: float | None = 100.0,
     tokens: tuple[int, int] = (0, 0),
     cost: float = 0.0,
+    ttft_ms: float | None = None,
+    attempts: tuple[tuple[str, str | None], ...] | None = None,
     operation: str = "chat",
+    data_class: str = "internal",
 ) -> dict[str, Any]:
+    if attempts is None:
+        attempts = ((endpoint, None if status < 400 else f"http_{status}"),) if endpoint else ()
     return {
         "request_id": request_id,
         "timestamp": timestamp,
         "path": "/v1/route",
         "operation": operation,
         "status": status,
+        "stream": ttft_ms is not None,
         "tenant": tenant,
         "user": "someone",
+        "data_class": data_class,
         "endpoint": endpoint,
         "model": "m",
         "rule": {"index": 1, "name": rule, "source": "p.yaml:3"} if rule else None,
         "overridden_by": overridden_by,
-        "latency_ms": {"total": total_ms, "policy": 0.4, "upstream": None, "ttft": None},
+        "attempts": [
+            {"endpoint": name, "status": None, "error": error, "latency_ms": 1.0}
+            for name, error in attempts
+        ],
+        "latency_ms": {"total": total_ms, "policy": 0.4, "upstream": None, "ttft": ttft_ms},
         "tokens": {"input": tokens[0], "output": tokens[1]},
         "cost_usd": cost,
     }
@@ -50,15 +61,19 @@ def record(
 DAY = "2025-06-01T10:"
 RECORDS = [
     # anthropic: 4 requests, latencies 100..400 ms, one 502.
-    record("r1", DAY + "00:00Z", total_ms=100.0, tokens=(10, 20), cost=0.00033),
-    record("r2", DAY + "01:00Z", total_ms=200.0, tokens=(5, 5), cost=0.0001),
-    record("r3", DAY + "02:00Z", tenant="globex", total_ms=300.0, tokens=(1, 2), cost=0.000033),
+    # Two streams (times to first token 40 and 60 ms) and one embeddings request.
+    record("r1", DAY + "00:00Z", total_ms=100.0, tokens=(10, 20), cost=0.00033, ttft_ms=40.0),
+    record("r2", DAY + "01:00Z", total_ms=200.0, tokens=(5, 5), cost=0.0001, ttft_ms=60.0),
+    record("r3", DAY + "02:00Z", tenant="globex", total_ms=300.0, tokens=(1, 2), cost=0.000033,
+           operation="embeddings"),
     record("r4", DAY + "03:00.500Z", tenant="globex", total_ms=400.0, status=502),
-    # private-gpu: one request routed by a rule, one by an override.
+    # private-gpu: one request routed by a rule, one by an override after
+    # private-gpu-b refused the connection (a failover away from it).
     record("r5", DAY + "04:00Z", endpoint="private-gpu", rule="pii-on-prem", total_ms=50.0,
-           tokens=(100, 100), cost=0.04, operation="embeddings"),
+           tokens=(100, 100), cost=0.04, data_class="pii-restricted"),
     record("r6", DAY + "05:00Z", endpoint="private-gpu", rule=None, overridden_by="legal_hold",
-           total_ms=60.0, tokens=(3, 4), cost=0.0014),
+           total_ms=60.0, tokens=(3, 4), cost=0.0014,
+           attempts=(("private-gpu-b", "connect_error"), ("private-gpu", None))),
     # Refused before routing: no endpoint, no rule.
     record("r7", DAY + "06:00Z", tenant="limited", endpoint=None, rule=None, status=403,
            total_ms=1.5),
@@ -94,13 +109,24 @@ def run(*args: str) -> Any:
 WINDOW = ["--since", "2025-06-01T10:00:00Z", "--until", "2025-06-01T11:00:00Z"]
 
 TABLE = """\
-7 requests from 2025-06-01T10:00:00Z to 2025-06-01T11:00:00Z
+7 requests from 2025-06-01T10:00:00Z to 2025-06-01T11:00:00Z, 2 errors (28.6%)
 
 Latency and errors by endpoint (ms)
-endpoint     requests  errors  error rate    p50    p95    p99
-anthropic           4       1       25.0%  250.0  385.0  397.0
-none                1       1      100.0%    1.5    1.5    1.5
-private-gpu         2       0        0.0%   55.0   59.5   59.9
+endpoint       requests  errors  error rate    p50    p95    p99  failovers
+anthropic             4       1       25.0%  250.0  385.0  397.0          0
+none                  1       1      100.0%    1.5    1.5    1.5          0
+private-gpu           2       0        0.0%   55.0   59.5   59.9          0
+private-gpu-b         0       0        0.0%      -      -      -          1
+
+Time to first token by endpoint (streams, ms)
+endpoint    p50   p95   p99
+anthropic  50.0  59.0  59.8
+
+Usage by endpoint and model
+endpoint     model  requests  input tokens  output tokens  cost (USD)
+anthropic    m             4            16             27    0.000463
+none         m             1             0              0    0.000000
+private-gpu  m             2           103            104    0.041400
 
 Cost and tokens by tenant
 tenant   requests  input tokens  output tokens  cost (USD)
@@ -109,16 +135,20 @@ globex          2             1              2    0.000033
 limited         1             0              0    0.000000
 
 Requests by rule
-rule                 requests  share
-default                     4  57.1%
-none                        1  14.3%
-override:legal_hold         1  14.3%
-pii-on-prem                 1  14.3%
+rule                 requests  share  input tokens  output tokens  cost (USD)
+default                     4  57.1%            16             27    0.000463
+none                        1  14.3%             0              0    0.000000
+override:legal_hold         1  14.3%             3              4    0.001400
+pii-on-prem                 1  14.3%           100            100    0.040000
 
 Requests by operation
 operation   requests  input tokens  output tokens  cost (USD)
-chat               6            19             31    0.001863
-embeddings         1           100            100    0.040000
+chat               6           118            129    0.041830
+embeddings         1             1              2    0.000033
+
+Failovers (the endpoint left, and why)
+endpoint       reason         count
+private-gpu-b  connect_error      1
 """
 
 
@@ -135,13 +165,34 @@ def test_json(audit_dir: Path) -> None:
     assert json.loads(result.stdout) == {
         "window": {"since": "2025-06-01T10:00:00Z", "until": "2025-06-01T11:00:00Z"},
         "requests": 7,
+        "errors": 2,
+        "error_rate": 2 / 7,
         "endpoints": [
             {"endpoint": "anthropic", "requests": 4, "errors": 1, "error_rate": 0.25,
-             "p50_ms": 250.0, "p95_ms": 385.0, "p99_ms": 397.0},
+             "p50_ms": 250.0, "p95_ms": 385.0, "p99_ms": 397.0,
+             "ttft_p50_ms": 50.0, "ttft_p95_ms": 59.0, "ttft_p99_ms": 59.8,
+             "input_tokens": 16, "output_tokens": 27, "cost_usd": 0.000463, "failovers": 0},
             {"endpoint": "none", "requests": 1, "errors": 1, "error_rate": 1.0,
-             "p50_ms": 1.5, "p95_ms": 1.5, "p99_ms": 1.5},
+             "p50_ms": 1.5, "p95_ms": 1.5, "p99_ms": 1.5,
+             "ttft_p50_ms": None, "ttft_p95_ms": None, "ttft_p99_ms": None,
+             "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "failovers": 0},
             {"endpoint": "private-gpu", "requests": 2, "errors": 0, "error_rate": 0.0,
-             "p50_ms": 55.0, "p95_ms": 59.5, "p99_ms": 59.9},
+             "p50_ms": 55.0, "p95_ms": 59.5, "p99_ms": 59.9,
+             "ttft_p50_ms": None, "ttft_p95_ms": None, "ttft_p99_ms": None,
+             "input_tokens": 103, "output_tokens": 104, "cost_usd": 0.0414, "failovers": 0},
+            # Never the last one tried, but left once for the next endpoint.
+            {"endpoint": "private-gpu-b", "requests": 0, "errors": 0, "error_rate": 0.0,
+             "p50_ms": None, "p95_ms": None, "p99_ms": None,
+             "ttft_p50_ms": None, "ttft_p95_ms": None, "ttft_p99_ms": None,
+             "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "failovers": 1},
+        ],
+        "models": [
+            {"endpoint": "anthropic", "model": "m", "requests": 4, "input_tokens": 16,
+             "output_tokens": 27, "cost_usd": 0.000463},
+            {"endpoint": "none", "model": "m", "requests": 1, "input_tokens": 0,
+             "output_tokens": 0, "cost_usd": 0.0},
+            {"endpoint": "private-gpu", "model": "m", "requests": 2, "input_tokens": 103,
+             "output_tokens": 104, "cost_usd": 0.0414},
         ],
         "tenants": [
             {"tenant": "acme", "requests": 4, "input_tokens": 118, "output_tokens": 129,
@@ -152,17 +203,22 @@ def test_json(audit_dir: Path) -> None:
              "cost_usd": 0.0},
         ],
         "rules": [
-            {"rule": "default", "requests": 4, "share": 4 / 7},
-            {"rule": "none", "requests": 1, "share": 1 / 7},
-            {"rule": "override:legal_hold", "requests": 1, "share": 1 / 7},
-            {"rule": "pii-on-prem", "requests": 1, "share": 1 / 7},
-        ],
-        "operations": [
-            {"operation": "chat", "requests": 6, "input_tokens": 19, "output_tokens": 31,
-             "cost_usd": 0.001863},
-            {"operation": "embeddings", "requests": 1, "input_tokens": 100,
+            {"rule": "default", "requests": 4, "share": 4 / 7, "input_tokens": 16,
+             "output_tokens": 27, "cost_usd": 0.000463},
+            {"rule": "none", "requests": 1, "share": 1 / 7, "input_tokens": 0,
+             "output_tokens": 0, "cost_usd": 0.0},
+            {"rule": "override:legal_hold", "requests": 1, "share": 1 / 7, "input_tokens": 3,
+             "output_tokens": 4, "cost_usd": 0.0014},
+            {"rule": "pii-on-prem", "requests": 1, "share": 1 / 7, "input_tokens": 100,
              "output_tokens": 100, "cost_usd": 0.04},
         ],
+        "operations": [
+            {"operation": "chat", "requests": 6, "input_tokens": 118, "output_tokens": 129,
+             "cost_usd": 0.04183},
+            {"operation": "embeddings", "requests": 1, "input_tokens": 1, "output_tokens": 2,
+             "cost_usd": 3.3e-05},
+        ],
+        "failovers": [{"endpoint": "private-gpu-b", "reason": "connect_error", "count": 1}],
     }  # fmt: skip
 
 
@@ -229,3 +285,82 @@ def test_quantile_interpolates_between_ranks() -> None:
     assert quantile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
     assert quantile([1.0, 2.0, 3.0, 4.0], 0.0) == 1.0
     assert quantile([1.0, 2.0, 3.0, 4.0], 1.0) == 4.0
+
+
+def _requests(*args: str) -> tuple[list[str], dict[str, Any]]:
+    result = run(*args, *WINDOW, "--format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    return [r["endpoint"] for r in summary["endpoints"] if r["requests"]], summary
+
+
+@pytest.mark.parametrize(
+    ("filters", "requests", "endpoints"),
+    [
+        (["--tenant", "globex"], 2, ["anthropic"]),
+        (["--tenant", "globex", "--tenant", "limited"], 3, ["anthropic", "none"]),
+        (["--rule", "override:legal_hold"], 1, ["private-gpu"]),
+        (["--rule", "none"], 1, ["none"]),
+        (["--endpoint", "private-gpu"], 2, ["private-gpu"]),
+        (["--endpoint", "none"], 1, ["none"]),
+        (["--status", "5xx"], 1, ["anthropic"]),
+        (["--status", "403,502"], 2, ["anthropic", "none"]),
+        (["--status", "200"], 5, ["anthropic", "private-gpu"]),
+        (["--operation", "embeddings"], 1, ["anthropic"]),
+        (["--data-class", "pii-restricted"], 1, ["private-gpu"]),
+        (["--tenant", "acme", "--endpoint", "anthropic", "--status", "2xx"], 2, ["anthropic"]),
+        (["--tenant", "nobody"], 0, []),
+    ],
+)
+def test_filters(audit_dir: Path, filters: list[str], requests: int, endpoints: list[str]) -> None:
+    served, summary = _requests(str(audit_dir), *filters)
+    assert (summary["requests"], served) == (requests, endpoints)
+    assert summary["filter"]
+
+
+def test_a_filtered_table_names_its_filter(audit_dir: Path) -> None:
+    result = run(str(audit_dir), *WINDOW, "--tenant", "globex", "--status", "5xx")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == (
+        "1 requests from 2025-06-01T10:00:00Z to 2025-06-01T11:00:00Z, 1 errors (100.0%)"
+    )
+    _, summary = _requests(str(audit_dir), "--tenant", "globex", "--status", "5xx")
+    assert summary["filter"] == "tenant=globex status=5xx"
+
+
+def test_a_bad_status_filter_is_a_usage_error(audit_dir: Path) -> None:
+    result = run(str(audit_dir), "--status", "oops")
+    assert result.exit_code == 2
+    assert "'oops': expected a status (200), a class (5xx) or a list" in result.stderr
+
+
+def test_config_names_the_records_to_read(
+    audit_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--config (or KAMIWAZA_CONFIG): the gateway's audit_dir, and its spool
+    wherever audit_spool_dir puts it, each request counted once."""
+    monkeypatch.delenv("KAMIWAZA_AUDIT_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    spool = tmp_path / "elsewhere" / "spool"
+    spool.mkdir(parents=True)
+    # A record not shipped yet, and one both shipped and still spooled.
+    entries = [
+        {"kind": "request", "id": r["request_id"], "stream": "h.1", "seq": n, "prev": "x",
+         "ts": r["timestamp"], "body": r}
+        for n, r in enumerate([record("r8", DAY + "07:00Z", tenant="initech"), RECORDS[0]])
+    ]  # fmt: skip
+    (spool / "00000001-0000486226.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"audit_dir: {audit_dir}\naudit_spool_dir: {spool}\n")
+    for args, env in (
+        (["--config", str(config)], None),
+        ([], {"KAMIWAZA_CONFIG": str(config)}),
+    ):
+        result = CliRunner().invoke(main, ["stats", *args, *WINDOW, "--format", "json"], env=env)
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert summary["requests"] == 8
+        assert [t["tenant"] for t in summary["tenants"]] == ["acme", "globex", "initech", "limited"]
+    result = run("--config", str(tmp_path / "missing.yaml"))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: config file")

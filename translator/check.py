@@ -57,7 +57,7 @@ DEFAULT_KEYS = ("route_to", "fallback")
 TEST_KEYS = ("name", "input", "expect")
 EXPECT_KEYS = ("route_to", "rule", "fallback", "deny")
 
-# Fields of the input document (DESIGN.md, "Input document") and their types,
+# Fields of the input document (docs/design.md, "Decision") and their types,
 # so that a test example cannot silently use a shape the gateway never sends.
 _STRING = ((str,), "a string")
 _NUMBER_T = ((int, float), "a number")

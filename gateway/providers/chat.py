@@ -255,6 +255,35 @@ def number(body: Mapping[str, Any], key: str) -> float | None:
     return float(value)
 
 
+def unanswerable_option(body: Mapping[str, Any], provider: str) -> str | None:
+    """Why `provider` cannot answer `body` as asked, or None.
+
+    Options that change what the answer holds (log probabilities, spoken
+    audio) have no equivalent in the translated APIs; answering without them
+    would hand the client less than it asked for, with nothing to say so. Every
+    translating adapter refuses them (400 `unsupported_request`, no failover).
+    Options that only tune sampling are left out where the provider has none;
+    the README lists them per provider.
+    """
+    if body.get("logprobs"):
+        return f"'logprobs' cannot be honoured: {provider} does not return log probabilities"
+    if body.get("top_logprobs") is not None:
+        return f"'top_logprobs' cannot be honoured: {provider} does not return log probabilities"
+    modalities = body.get("modalities")
+    if body.get("audio") is not None or (
+        isinstance(modalities, list) and any(m != "text" for m in modalities)
+    ):
+        return f"audio output cannot be honoured: {provider} answers with text only"
+    return None
+
+
+def answerable(body: Mapping[str, Any], provider: str) -> None:
+    """Refuse a request `provider` cannot answer as asked (see :func:`unanswerable_option`)."""
+    reason = unanswerable_option(body, provider)
+    if reason is not None:
+        raise unsupported(reason)
+
+
 def single_choice(body: Mapping[str, Any]) -> None:
     n = body.get("n")
     if n is not None and n != 1:

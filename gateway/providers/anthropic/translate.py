@@ -29,6 +29,7 @@ from gateway.providers.chat import (
     Part,
     TextPart,
     ToolCall,
+    answerable,
     bad_response,
     completion,
     content_parts,
@@ -122,6 +123,7 @@ def build_request(
     Raises AttemptFailed (400, no failover) for what Anthropic cannot express.
     """
     single_choice(body)
+    answerable(body, "Anthropic")
     system, turns = system_and_turns(body)
     out: dict[str, Any] = {
         "model": model,

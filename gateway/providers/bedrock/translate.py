@@ -9,7 +9,9 @@ to alternate (several OpenAI `tool` messages answer one assistant turn).
 becomes `outputConfig`. Sampling options Converse has no field for
 (`frequency_penalty`, `presence_penalty`, `seed`, `logit_bias`, `user`, ...) are
 left out; options that would change the shape of the answer (`n` > 1,
-`logprobs`) are refused with a 400 rather than silently ignored.
+`logprobs`, `top_logprobs`, audio output) are refused with a 400 rather than
+silently ignored, as by every translating adapter
+(:func:`gateway.providers.chat.unanswerable_option`).
 
 Answers: a Converse response becomes a `chat.completion`; ConverseStream's
 events (decoded by :mod:`.eventstream`) become `chat.completion.chunk` frames;
@@ -52,6 +54,7 @@ from gateway.providers.chat import (
     text_of,
     tool_calls_of,
     tool_choice,
+    unanswerable_option,
     unsupported,
 )
 from gateway.providers.failures import (
@@ -92,7 +95,6 @@ DROPPED_OPTIONS: Final = frozenset(
         "store",
         "service_tier",
         "stream_options",
-        "top_logprobs",
         "prediction",
         "reasoning_effort",
         "verbosity",
@@ -123,8 +125,8 @@ def build_converse_request(body: Mapping[str, Any]) -> dict[str, Any]:
     Converse cannot express.
     """
     single_choice(body)
-    if body.get("logprobs"):
-        raise unsupported("Bedrock does not return log probabilities: 'logprobs' is unsupported")
+    if (reason := unanswerable_option(body, "Bedrock")) is not None:
+        raise unsupported(reason)
     system, turns = system_and_turns(body)
     converse_turns = _turns(turns)
     request: dict[str, Any] = {"messages": converse_turns}

@@ -36,6 +36,7 @@ from gateway.providers.chat import (
     Part,
     TextPart,
     ToolCall,
+    answerable,
     bad_response,
     completion,
     content_parts,
@@ -110,6 +111,9 @@ def build_request(body: Mapping[str, Any], *, max_tokens_default: int | None) ->
     Raises AttemptFailed (400, no failover) for what Gemini cannot express.
     """
     single_choice(body)
+    # Gemini can return log probabilities, but this translation does not carry
+    # them back: refused like every translated provider.
+    answerable(body, "Gemini on Vertex AI")
     system, turns = system_and_turns(body)
     out: dict[str, Any] = {"contents": _contents(turns)}
     if system:

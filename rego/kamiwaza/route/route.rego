@@ -12,7 +12,7 @@ import rego.v1
 # METADATA
 # title: Routing decision
 # description: |
-#   The decision object of the contract in DESIGN.md. `deny` is non-empty when
+#   The decision object of the contract in docs/design.md. `deny` is non-empty when
 #   the request must be refused (the gateway answers 403); `route_to` is then null.
 #   `fallback` lists only endpoints the guards accept for this request.
 # entrypoint: true
