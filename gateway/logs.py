@@ -8,8 +8,12 @@ import re
 from aiohttp.http_exceptions import HttpProcessingError
 
 # Credentials as they can appear in text: our API keys, bearer tokens, api-key headers.
+# A token runs to whitespace or a quote; a backslash escape inside it (`\/`,
+# `\u002f` in JSON-quoted text) is part of the token, not its end, but an
+# escaped quote (`\"`) ends it.
 _CREDENTIAL_RE = re.compile(
-    r"(kw_[0-9a-f]+_)[A-Za-z0-9_-]+|((?:bearer|api-key:|x-api-key:)\s*)[^\s'\"\\]+",
+    r"(kw_[0-9a-f]+_)[A-Za-z0-9_-]+"
+    r"|((?:bearer|api-key:|x-api-key:)\s*)(?:[^\s'\"\\]|\\[^\s'\"])+",
     re.IGNORECASE,
 )
 
