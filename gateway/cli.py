@@ -58,8 +58,7 @@ main.add_command(route)
 )
 def serve(config_file: str | None, **flags: object) -> None:
     """Run the gateway (and, unless --opa-url is given, its OPA sidecar)."""
-    from aiohttp import web
-
+    from gateway import server
     from gateway.app import create_app
     from gateway.errors import ConfigError
     from gateway.logs import configure_logging
@@ -77,16 +76,12 @@ def serve(config_file: str | None, **flags: object) -> None:
     app.on_startup.append(reload_keys_on_sighup)
     pin_mmap_threshold()
     click.echo(f"kamiwaza gateway on http://{settings.host}:{settings.port}", err=True)
-    # handler_cancellation: a client that goes away cancels its handler, and so
-    # its upstream request, at once rather than at the next write.
     try:
-        web.run_app(
+        server.run(
             app,
             host=settings.host,
             port=settings.port,
-            access_log=None,
-            handler_cancellation=True,
-            print=None,
+            limits=server.limits_of(settings),
             loop=_event_loop(),
         )
     except ConfigError as err:  # raised inside a cleanup_ctx, e.g. OPA would not start

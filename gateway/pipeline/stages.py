@@ -43,6 +43,7 @@ from gateway.pipeline.record import (
 )
 from gateway.policy import Decision, PolicyClient
 from gateway.providers.adapter import Call, Codec, ProviderAdapter
+from gateway.server import read_body
 from gateway.settings import Settings
 from observability.audit import AuditRecord
 from observability.pipeline import AuditPipeline
@@ -113,7 +114,7 @@ class Pipeline:
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLargeError(f"request body too large (limit {limit} bytes)")
-        raw = await request.read()
+        raw = await read_body(request, self.settings.body_timeout_s)
         return parse_json_object(raw)
 
     def parse(self, ctx: RequestContext, body: dict[str, Any]) -> ModelRequest:
