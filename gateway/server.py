@@ -59,7 +59,9 @@ log = logging.getLogger("kamiwaza.server")
 SHED_HEADER_TIMEOUT_S = 2.0
 # How long aiohttp keeps reading (and discarding) a body the answer did not
 # need before it closes the connection (aiohttp's default: 10 s).
-LINGERING_TIME_S = 5.0
+LINGERING_TIME_S = 2.0
+# How long a connection closed at its header timeout discards what still comes.
+LINGERING_CLOSE_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +131,8 @@ def parser_error(exc: BaseException | None) -> tuple[int, str, str]:
     if isinstance(exc, BadStatusLine):
         return 400, "bad_request_line", "the request line is not valid HTTP"
     if isinstance(exc, HttpProcessingError):
+        # llhttp reports most errors as BadHttpMessage; its text says which.
         text = (exc.message or "").lower()
-        if "too many headers" in text or ("header" in text and "too" in text):
-            return 431, "header_too_large", "the request has too many or too large headers"
         if "content-length" in text:
             return 400, "bad_content_length", "the Content-Length header is not valid"
         if "transfer-encoding" in text or "chunk" in text:
@@ -140,6 +141,12 @@ def parser_error(exc: BaseException | None) -> tuple[int, str, str]:
                 "bad_transfer_encoding",
                 "the chunked body or Transfer-Encoding is not valid",
             )
+        if "too many headers" in text or ("header" in text and "too" in text):
+            return 431, "header_too_large", "the request has too many or too large headers"
+        if "header" in text:
+            return 400, "bad_header", "a request header is not valid"
+        if "method" in text:
+            return 400, "bad_method", "the request method is not valid HTTP"
         return 400, "malformed_request", "the request is not valid HTTP"
     return 500, "internal_error", "internal error"
 
@@ -148,13 +155,14 @@ class GuardedRequestHandler(RequestHandler):
     """aiohttp's protocol with a header timeout, shedding past the connection
     cap, and JSON errors for what its parser refuses."""
 
-    __slots__ = ("_header_timer", "_limits", "_shed")
+    __slots__ = ("_discarding", "_header_timer", "_limits", "_shed")
 
     def __init__(self, manager: GuardedServer, *, limits: ServerLimits, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._limits = limits
         self._header_timer: asyncio.TimerHandle | None = None
         self._shed = False
+        self._discarding = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -171,6 +179,8 @@ class GuardedRequestHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
         reading = self._current_request if self._request_in_progress else None
         queued = len(self._messages)
         waiting = not self._messages and not self._request_in_progress
@@ -210,18 +220,26 @@ class GuardedRequestHandler(RequestHandler):
         if self._messages or self._request_in_progress or self._force_close:
             return
         transport = self.transport
-        if transport is not None and not transport.is_closing() and not self._shed:
-            with suppress(Exception):
-                transport.write(
-                    error_bytes(
-                        408,
-                        "Request Timeout",
-                        "header_timeout",
-                        f"the request headers did not arrive within "
-                        f"{self._limits.header_timeout_s:g} s",
-                    )
+        if transport is None or transport.is_closing() or self._shed:
+            self.force_close()
+            return
+        with suppress(Exception):
+            transport.write(
+                error_bytes(
+                    408,
+                    "Request Timeout",
+                    "header_timeout",
+                    f"the request headers did not arrive within "
+                    f"{self._limits.header_timeout_s:g} s",
                 )
-        self.force_close()
+            )
+            if transport.can_write_eof():
+                transport.write_eof()
+        # A lingering close: what the client still sends is read and discarded for
+        # a moment, since closing on unread bytes would reset the connection and
+        # could destroy the 408 before the client reads it.
+        self._discarding = True
+        self._loop.call_later(LINGERING_CLOSE_S, self.force_close)
 
     def log_exception(self, *args: Any, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info")

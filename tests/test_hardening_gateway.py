@@ -194,7 +194,11 @@ async def test_fields_outside_the_api_are_not_forwarded(
 @pytest.mark.parametrize(
     ("raw", "status", "code"),
     [
-        (b'{"model": "m", "max_tokens": ' + b"9" * 5000 + b", \"messages\": []}", 400, "invalid_json"),
+        (
+            b'{"model": "m", "max_tokens": ' + b"9" * 5000 + b', "messages": []}',
+            400,
+            "invalid_json",
+        ),
         (b'{"messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400, "invalid_json"),
         (
             b'{"model": "m", "messages": [{"role": "user", "content": "x"}], '
@@ -213,7 +217,9 @@ async def test_fields_outside_the_api_are_not_forwarded(
 async def test_hostile_bodies_are_400s_not_500s(
     tmp_path: Path, fake_upstream: Any, opa_bin: str, raw: bytes, status: int, code: str
 ) -> None:
-    gw = await start_gateway(tmp_path, fake_upstream, settings_overrides={"max_body_bytes": 1 << 20})
+    gw = await start_gateway(
+        tmp_path, fake_upstream, settings_overrides={"max_body_bytes": 1 << 20}
+    )
     try:
         got, body, request_id = await post(gw, None, raw=raw)
         records = await gw.audit_records()

@@ -143,7 +143,7 @@ def test_the_log_filter_keeps_an_escaped_token_whole(caplog: pytest.LogCaptureFi
     assert redact_credentials('auth "Bearer sk-abc\\/def\\u002fghi" end') == (
         'auth "Bearer <redacted>" end'
     )
-    assert redact_credentials("Authorization: Bearer sk-1\\\"x") == (
+    assert redact_credentials('Authorization: Bearer sk-1\\"x') == (
         'Authorization: Bearer <redacted>\\"x'
     )
     logger = logging.getLogger("test.hardening")
@@ -178,8 +178,16 @@ LIVE = {
         ({"rule": "a"}, None, "rule must be an object or null"),
         ({"rule": ["a"]}, None, "rule must be an object or null"),
         ({"rule": {"index": 0, "source": "p"}}, None, "rule.name must be a non-empty string"),
-        ({"rule": {"index": "0", "name": "a", "source": "p"}}, None, "rule.index must be an integer"),
-        ({"rule": {"index": True, "name": "a", "source": "p"}}, None, "rule.index must be an integer"),
+        (
+            {"rule": {"index": "0", "name": "a", "source": "p"}},
+            None,
+            "rule.index must be an integer",
+        ),
+        (
+            {"rule": {"index": True, "name": "a", "source": "p"}},
+            None,
+            "rule.index must be an integer",
+        ),
         ({"rule": {"index": 0, "name": "a", "source": 3}}, None, "rule.source must be a string"),
         ({}, 7, "decision_id must be a string"),
         ({"overridden_by": 1}, None, "overridden_by must be a string or null"),
@@ -341,7 +349,7 @@ async def test_a_gap_pending_at_shutdown_is_written_before_the_end(tmp_path: Pat
     sink.down = False
     await pipeline.close()
     lines = [json.loads(line) for path in objects(tmp_path / "audit") for line in read_lines(path)]
-    assert [entry["body"] for entry in lines if entry["kind"] == "gap"][0]["dropped"] == 2
+    assert next(entry["body"] for entry in lines if entry["kind"] == "gap")["dropped"] == 2
 
 
 # -- the OPA sidecar dies with its gateway ----------------------------------------
