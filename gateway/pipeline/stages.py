@@ -251,7 +251,7 @@ class Pipeline:
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """A request body as a JSON object, or a 400 that says what is wrong."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
     except (UnicodeDecodeError, RecursionError, ValueError) as err:
         # ValueError covers JSONDecodeError and Python's digit limit on integers.
         reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
@@ -263,6 +263,12 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if b"\\u" in raw or b"\\U" in raw:
         _check_unicode(body)
     return body
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which are not JSON: no upstream would
+    # take them back.
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _check_unicode(value: Any) -> None:
