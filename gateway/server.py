@@ -12,8 +12,8 @@ limits live here, in a subclass of its protocol (:class:`GuardedRequestHandler`)
 - **Header timeout** (`header_timeout_s`): from a connection's start, and from
   the first byte of each later request, the headers must be complete within
   this time, else the client gets a 408 and the connection is closed.
-- **Body timeout** (`body_timeout_s`): the pipeline reads a body within this
-  time (:func:`read_body`), else 408.
+- **Body timeout** (the `body_timeout_s` setting): the pipeline reads a body
+  within this time (:func:`read_body`), else 408.
 - **Keep-alive idle timeout** (`keepalive_timeout_s`): an idle connection
   between requests is closed after this long (aiohttp's own timer).
 - **Connection cap** (`max_connections`): a connection past it is answered
@@ -32,6 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -67,7 +68,6 @@ LINGERING_CLOSE_S = 1.0
 @dataclass(frozen=True, slots=True)
 class ServerLimits:
     header_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
     keepalive_timeout_s: float = 75.0
     max_connections: int = 4096
 
@@ -75,7 +75,6 @@ class ServerLimits:
 def limits_of(settings: Settings) -> ServerLimits:
     return ServerLimits(
         header_timeout_s=settings.header_timeout_s,
-        body_timeout_s=settings.body_timeout_s,
         keepalive_timeout_s=settings.keepalive_timeout_s,
         max_connections=settings.max_connections,
     )
@@ -155,7 +154,7 @@ class GuardedRequestHandler(RequestHandler):
     """aiohttp's protocol with a header timeout, shedding past the connection
     cap, and JSON errors for what its parser refuses."""
 
-    __slots__ = ("_discarding", "_header_timer", "_limits", "_shed")
+    __slots__ = ("_begun", "_discarding", "_header_timer", "_limits", "_shed")
 
     def __init__(self, manager: GuardedServer, *, limits: ServerLimits, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -163,6 +162,7 @@ class GuardedRequestHandler(RequestHandler):
         self._header_timer: asyncio.TimerHandle | None = None
         self._shed = False
         self._discarding = False
+        self._begun = False  # bytes of a request whose headers are not complete yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -193,6 +193,8 @@ class GuardedRequestHandler(RequestHandler):
         ):
             # The first byte of a new request on a kept-alive connection.
             self._arm_header_timer(self._limits.header_timeout_s)
+        if waiting and data:
+            self._begun = True
         super().data_received(data)
         if reading is not None and len(self._messages) > queued:
             message, _ = self._messages[-1]
@@ -205,6 +207,14 @@ class GuardedRequestHandler(RequestHandler):
                 self.close()
         if self._messages or self._request_in_progress:
             self._cancel_header_timer()  # the headers are in
+            self._begun = False
+
+    def _process_keepalive(self) -> None:
+        # A request that has begun is not idle: its end is the header timeout's
+        # (with a 408), not a silent close by aiohttp's keep-alive timer.
+        if self._begun and self._header_timer is not None:
+            return
+        super()._process_keepalive()
 
     def _arm_header_timer(self, timeout: float) -> None:
         if timeout > 0:
@@ -243,7 +253,7 @@ class GuardedRequestHandler(RequestHandler):
 
     def log_exception(self, *args: Any, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info")
-        if isinstance(exc, HttpProcessingError):
+        if isinstance(exc, HttpProcessingError | RequestPayloadError):
             # A body whose framing broke while it was read: answered already (400).
             log.info("malformed HTTP request body: %s", type(exc).__name__)
             return
@@ -352,7 +362,7 @@ class GatewayRunner(web.AppRunner):
         # a guarded one with the same request handler and factory.
         server = await super()._make_server()
         return GuardedServer(
-            server.request_handler,
+            _json_http_errors(server.request_handler),
             limits=self.limits,
             loop=asyncio.get_running_loop(),
             request_factory=server.request_factory,
@@ -361,6 +371,27 @@ class GatewayRunner(web.AppRunner):
             lingering_time=LINGERING_TIME_S,
             keepalive_timeout=self.limits.keepalive_timeout_s,
         )
+
+
+def _json_http_errors(
+    handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
+) -> Callable[[BaseRequest], Awaitable[web.StreamResponse]]:
+    """The app's handler, with the HTTP errors aiohttp raises before any middleware
+    runs (a 417 for an `Expect` it does not know, quoting it) as JSON."""
+
+    async def handle(request: BaseRequest) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            try:
+                phrase = HTTPStatus(exc.status).phrase.lower()
+            except ValueError:
+                phrase = "error"
+            return json_error(exc.status, f"http_{exc.status}", phrase)
+
+    return handle
 
 
 async def read_body(request: web.BaseRequest, timeout_s: float) -> bytes:
