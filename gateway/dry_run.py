@@ -197,10 +197,10 @@ async def route_explain(request: web.Request) -> web.Response:
             f"explaining a route needs a credential with the role {ADMIN_ROLE!r}",
             code="admin_required",
         )
-    from gateway.pipeline.stages import parse_json_object
+    from gateway.pipeline.stages import parse_json
 
-    spec = parse_json_object(await read_body(request, request.app[SETTINGS].body_timeout_s))
-    if not isinstance(spec.get("body"), dict):
+    spec = parse_json(await read_body(request, request.app[SETTINGS].body_timeout_s))
+    if not isinstance(spec, dict) or not isinstance(spec.get("body"), dict):
         raise BadRequestError(
             'expected {"headers": {...}, "body": {...}, "path": ...}: the request to '
             "explain, as the client would send it",

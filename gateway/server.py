@@ -213,6 +213,7 @@ class GuardedRequestHandler(RequestHandler):
         # A request that has begun is not idle: its end is the header timeout's
         # (with a 408), not a silent close by aiohttp's keep-alive timer.
         if self._begun and self._header_timer is not None:
+            self._keepalive_handle = None  # fired: re-armed after the next answer
             return
         super()._process_keepalive()
 
@@ -273,14 +274,18 @@ class GuardedRequestHandler(RequestHandler):
         elif status == 504:
             code, text = "timeout", "the request timed out"
         else:
-            status, code, text = parser_error(exc) if exc is not None else (status, "bad", "")
+            status, code, text = (
+                parser_error(exc)
+                if exc is not None
+                else (status, "malformed_request", "the request is not valid HTTP")
+            )
         if isinstance(exc, HttpProcessingError):
             log.info("malformed HTTP request from %s: %s", request.remote, code)
         elif exc is not None:
             log.error("error handling a request: %s", type(exc).__name__)
         if request.writer.output_size > 0:
             raise ConnectionError("the answer had started; the connection is closed")
-        return json_error(status, code, text or "the request is not valid HTTP")
+        return json_error(status, code, text)
 
 
 async def _shed_handler(request: BaseRequest) -> web.StreamResponse:

@@ -74,7 +74,7 @@ async def test_sigkill_under_mixed_load_loses_no_answered_record(
     (workdir / "gateway.yaml").write_text(
         f"policy: {workdir / 'routing.yaml'}\nkeys: {workdir / 'keys.json'}\n"
         f"audit_dir: {workdir / 'audit'}\nrego_dir: {ROOT / 'rego'}\nopa_bin: {opa_bin}\n"
-        "audit_batch_interval_s: 0.2\naudit_fsync_interval_ms: 20\n"
+        "audit_batch_interval_s: 0.2\naudit_fsync_interval_ms: 20\nopa_timeout_ms: 5000\n"
     )
     log = workdir / "serve.log"
     port = free_port()

@@ -20,6 +20,8 @@ from tests.processes import serve_app
 pytestmark = pytest.mark.integration
 
 MESSAGES = [{"role": "user", "content": "hello"}]
+# A generous OPA timeout: a slow decision on a loaded machine is not what is tested.
+SLOW_OPA_OK = {"opa_timeout_ms": 5000}
 GOOD_DECISION = {
     "route_to": "private-gpu",
     "fallback": [],
@@ -120,7 +122,9 @@ MALFORMED = [
 async def test_malformed_answers_of_an_external_opa_are_503_with_nothing_forwarded(
     tmp_path: Path, fake_upstream: Any, opa_bin: str, opa: FakeOpa
 ) -> None:
-    gw = await start_gateway(tmp_path, fake_upstream, opa_url=opa.url)
+    gw = await start_gateway(
+        tmp_path, fake_upstream, opa_url=opa.url, settings_overrides=SLOW_OPA_OK
+    )
     try:
         status, body, _ = await post(gw, {"model": "m", "messages": MESSAGES})
         assert status == 200, body  # the fake OPA's good answer routes
@@ -149,7 +153,7 @@ async def test_malformed_answers_of_an_external_opa_are_503_with_nothing_forward
 async def test_requests_the_gateway_cannot_encode_never_open_the_circuit(
     tmp_path: Path, fake_upstream: Any, opa_bin: str
 ) -> None:
-    gw = await start_gateway(tmp_path, fake_upstream)
+    gw = await start_gateway(tmp_path, fake_upstream, settings_overrides=SLOW_OPA_OK)
     lone = b'{"model": "m", "messages": [{"role": "user", "content": "x\\ud800"}]}'
     try:
         refused = [await post(gw, None, raw=lone) for _ in range(8)]
@@ -167,7 +171,7 @@ async def test_requests_the_gateway_cannot_encode_never_open_the_circuit(
 async def test_fields_outside_the_api_are_not_forwarded(
     tmp_path: Path, fake_upstream: Any, opa_bin: str
 ) -> None:
-    gw = await start_gateway(tmp_path, fake_upstream)
+    gw = await start_gateway(tmp_path, fake_upstream, settings_overrides=SLOW_OPA_OK)
     body = {
         "model": "m",
         "messages": MESSAGES,

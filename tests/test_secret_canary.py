@@ -219,7 +219,7 @@ async def test_no_provider_secret_reaches_any_output(
             "AZURE_OPENAI_API_KEY": AZURE,
             "ANTHROPIC_API_KEY": ANTHROPIC,
         },
-        overrides={"breaker_failures": 10_000},
+        overrides={"breaker_failures": 10_000, "opa_timeout_ms": 5000},
         tracing=GatewayTracing([SimpleSpanProcessor(spans)]),
     )
     found: list[str] = []

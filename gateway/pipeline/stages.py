@@ -250,6 +250,14 @@ class Pipeline:
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """A request body as a JSON object, or a 400 that says what is wrong."""
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise BadRequestError("request body must be a JSON object", code="invalid_body")
+    return body
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON of valid Unicode, or a 400 that says what is wrong."""
     try:
         body = json.loads(raw, parse_constant=_no_constant)
     except (UnicodeDecodeError, RecursionError, ValueError) as err:
@@ -258,8 +266,6 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise BadRequestError(
             f"request body is not valid JSON: {reason}", code="invalid_json"
         ) from None
-    if not isinstance(body, dict):
-        raise BadRequestError("request body must be a JSON object", code="invalid_body")
     if b"\\u" in raw or b"\\U" in raw:
         _check_unicode(body)
     return body
@@ -317,4 +323,4 @@ def routing_headers(request_id: str, decision: Decision, endpoint: str) -> dict[
     }
 
 
-__all__ = ["Pipeline", "parse_json_object", "routing_headers"]
+__all__ = ["Pipeline", "parse_json", "parse_json_object", "routing_headers"]
