@@ -82,6 +82,7 @@ async def test_schemathesis_finds_nothing_against_a_running_gateway(
             "--no-color",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            cwd=tmp_path,  # its cache (.schemathesis/) stays out of the checkout
         )
         output, _ = await asyncio.wait_for(proc.communicate(), 120)
     finally:
