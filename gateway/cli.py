@@ -66,6 +66,7 @@ main.add_command(demo_upstream)
 )
 def serve(config_file: str | None, **flags: object) -> None:
     """Run the gateway (and, unless --opa-url is given, its OPA sidecar)."""
+    from gateway import server
     from gateway.app import create_app
     from gateway.drain import serve
     from gateway.errors import ConfigError
@@ -93,6 +94,7 @@ def serve(config_file: str | None, **flags: object) -> None:
                 host=settings.host,
                 port=settings.port,
                 drain_timeout_s=settings.drain_timeout_s,
+                limits=server.limits_of(settings),
             )
         )
     except ConfigError as err:  # raised inside a cleanup_ctx, e.g. OPA would not start

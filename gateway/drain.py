@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway.server import GatewayRunner, ServerLimits
+
 log = logging.getLogger("gateway.drain")
 
 CANCEL_GRACE_S = 5.0  # for cancelled handlers to write their records and unwind
@@ -134,21 +136,28 @@ async def serve(
     host: str,
     port: int,
     drain_timeout_s: float,
+    limits: ServerLimits | None = None,
     on_listening: Callable[[], None] | None = None,
 ) -> None:
-    """Serve `app` until SIGTERM/SIGINT, then drain (module docstring)."""
+    """Serve `app` until SIGTERM/SIGINT, then drain (module docstring). With
+    `limits`, on the guarded server (gateway/server.py: header, body and idle
+    timeouts, a connection cap, JSON parser errors)."""
     drain = Drain(drain_timeout_s)
     app[DRAIN] = drain
     app.middlewares.insert(0, drain.middleware)  # outermost: sees every request
     # handler_cancellation: a client that goes away cancels its handler, and so
     # its upstream request, at once rather than at the next write.
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        access_log=None,
-        handler_cancellation=True,
-        shutdown_timeout=CANCEL_GRACE_S,
-    )
+    runner: web.AppRunner
+    if limits is not None:
+        runner = GatewayRunner(app, limits=limits, shutdown_timeout=CANCEL_GRACE_S)
+    else:
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=CANCEL_GRACE_S,
+        )
     loop = asyncio.get_running_loop()
     await runner.setup()
     try:

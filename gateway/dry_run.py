@@ -17,7 +17,6 @@ does not replay them.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +29,7 @@ from gateway.errors import BadRequestError, GatewayError, PermissionDeniedError,
 from gateway.fronts import Front, all_fronts
 from gateway.metadata import RequestMetadata, opa_input, resolve_metadata
 from gateway.policy import Decision
+from gateway.server import read_body
 from gateway.state import AUTHENTICATOR, FORWARDER, POLICY, SETTINGS
 
 DRY_RUN_PREFIX = "dry-run-"
@@ -197,12 +197,9 @@ async def route_explain(request: web.Request) -> web.Response:
             f"explaining a route needs a credential with the role {ADMIN_ROLE!r}",
             code="admin_required",
         )
-    try:
-        spec = json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequestError(
-            f"request body is not valid JSON: {err}", code="invalid_json"
-        ) from err
+    from gateway.pipeline.stages import parse_json
+
+    spec = parse_json(await read_body(request, request.app[SETTINGS].body_timeout_s))
     if not isinstance(spec, dict) or not isinstance(spec.get("body"), dict):
         raise BadRequestError(
             'expected {"headers": {...}, "body": {...}, "path": ...}: the request to '

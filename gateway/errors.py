@@ -11,7 +11,7 @@ anything else is a 500 whose body names only the request id. Messages never
 contain secrets.
 
     GatewayError (500)
-    ├── BadRequestError (400) ── PayloadTooLargeError (413)
+    ├── BadRequestError (400) ── PayloadTooLargeError (413), RequestTimeoutError (408)
     ├── AuthenticationError (401)
     ├── PermissionDeniedError (403)
     ├── NotFoundError (404)
@@ -102,6 +102,13 @@ class PayloadTooLargeError(BadRequestError):
 
     status = 413
     code = "payload_too_large"
+
+
+class RequestTimeoutError(BadRequestError):
+    """The client did not send its body within `body_timeout_s` (408)."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class AuthenticationError(GatewayError):

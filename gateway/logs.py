@@ -16,11 +16,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 # headers. "bearer" must be a word of its own followed by a separator, so that
 # ordinary text such as `auth.bearer_token_env` is left alone; the words after it
 # that plainly are prose ("the bearer token is missing") are never a credential.
+# A token runs to whitespace or a quote; a backslash escape inside it (`\/`,
+# `\u002f` in JSON-quoted text) is part of the token, not its end, but an
+# escaped quote (`\"`) ends it.
 _PROSE_AFTER_BEARER = r"(?:tokens?|credentials?|auth|authentication|header|scheme)"
 _CREDENTIAL_RE = re.compile(
     r"(kw_[0-9a-f]+_)[A-Za-z0-9_-]+"
-    r"|((?<![A-Za-z])bearer(?:\s*[:=]\s*|\s+)|api-key:\s*)"
-    rf"(?!{_PROSE_AFTER_BEARER}(?![A-Za-z0-9._~+/=-]))[^\s'\"\\]+",
+    r"|((?<![A-Za-z])bearer(?:\s*[:=]\s*|\s+)|(?:x-)?api-key:\s*)"
+    rf"(?!{_PROSE_AFTER_BEARER}(?![A-Za-z0-9._~+/=-]))(?:[^\s'\"\\]|\\[^\s'\"])+",
     re.IGNORECASE,
 )
 

@@ -75,52 +75,97 @@ def _rule_name(rule: dict[str, Any] | None) -> object:
     return rule.get("name") if rule else None
 
 
+class _Malformed(TypeError):
+    """A field of OPA's answer breaks the decision contract (named in the message)."""
+
+
+def _opt_str(doc: dict[str, Any], key: str, where: str) -> str | None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _Malformed(f"{where}{key} must be a string or null")
+    return value
+
+
+def _str_list(doc: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    if key not in doc:
+        raise _Malformed(f"{where}{key} is missing")
+    value = doc[key]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _Malformed(f"{where}{key} must be a list of strings")
+    return tuple(value)
+
+
+def _rule(value: Any, where: str) -> dict[str, Any] | None:
+    """`rule`: null (an override or a deny), or {index: int, name: str, source: str}.
+
+    Only those three fields are kept: the rule goes into every audit record."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _Malformed(f"{where}rule must be an object or null")
+    index, name, source = value.get("index"), value.get("name"), value.get("source")
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise _Malformed(f"{where}rule.index must be an integer")
+    if not isinstance(name, str) or not name:
+        raise _Malformed(f"{where}rule.name must be a non-empty string")
+    if not isinstance(source, str):
+        raise _Malformed(f"{where}rule.source must be a string")
+    return {"index": index, "name": name, "source": source}
+
+
 def parse_shadow(doc: Any) -> ShadowDecision:
     """The decision's `shadow` field; TypeError when its shape is wrong."""
     if not isinstance(doc, dict):
-        raise TypeError("shadow is not an object")
-    route_to, fallback, deny = doc.get("route_to"), doc.get("fallback"), doc.get("deny")
-    rule, revision = doc.get("rule"), doc.get("revision")
-    if route_to is not None and not isinstance(route_to, str):
-        raise TypeError("shadow.route_to")
-    if not isinstance(fallback, list) or not all(isinstance(f, str) for f in fallback):
-        raise TypeError("shadow.fallback")
-    if not isinstance(deny, list) or not all(isinstance(d, str) for d in deny):
-        raise TypeError("shadow.deny")
-    if rule is not None and not (isinstance(rule, dict) and isinstance(rule.get("name"), str)):
-        raise TypeError("shadow.rule")
-    if revision is not None and not isinstance(revision, str):
-        raise TypeError("shadow.revision")
-    return ShadowDecision(revision, route_to, tuple(fallback), rule, tuple(deny))
+        raise _Malformed("shadow is not an object")
+    route_to = _opt_str(doc, "route_to", "shadow.")
+    fallback = _str_list(doc, "fallback", "shadow.")
+    deny = _str_list(doc, "deny", "shadow.")
+    rule = _rule(doc.get("rule"), "shadow.")
+    revision = _opt_str(doc, "revision", "shadow.")
+    return ShadowDecision(revision, route_to, fallback, rule, deny)
 
 
-def parse_decision(doc: dict[str, Any], decision_id: str | None, elapsed_ms: float) -> Decision:
-    """Check the decision contract; a malformed answer is treated like no answer."""
+def parse_decision(doc: Any, decision_id: Any, elapsed_ms: float) -> Decision:
+    """Check the whole decision contract; a malformed answer is treated like no
+    answer (503 `policy_malformed`), before anything is forwarded.
+
+    `route_to` a string or null (then `deny` gives a reason); `fallback` and
+    `deny` lists of strings; `rule` null or {index, name, source}; `conditions`
+    a list of objects; `overridden_by` and `revision` strings or null;
+    `decision_id` (OPA's, beside the result) a string or absent.
+    """
     try:
-        route_to = doc["route_to"]
-        fallback = doc["fallback"]
-        deny = doc["deny"]
-        if route_to is not None and not isinstance(route_to, str):
-            raise TypeError("route_to")
-        if not isinstance(fallback, list) or not all(isinstance(f, str) for f in fallback):
-            raise TypeError("fallback")
-        if not isinstance(deny, list) or not all(isinstance(d, str) for d in deny):
-            raise TypeError("deny")
+        if not isinstance(doc, dict):
+            raise _Malformed("the decision is not an object")
+        if "route_to" not in doc:
+            raise _Malformed("route_to is missing")
+        route_to = _opt_str(doc, "route_to", "")
+        fallback = _str_list(doc, "fallback", "")
+        deny = _str_list(doc, "deny", "")
         if route_to is None and not deny:
-            raise TypeError("route_to is null without a deny reason")
+            raise _Malformed("route_to is null without a deny reason")
+        if route_to is not None and not route_to:
+            raise _Malformed("route_to is empty")
+        conditions = doc.get("conditions")
+        if conditions is None:
+            conditions = []
+        if not isinstance(conditions, list) or not all(isinstance(c, dict) for c in conditions):
+            raise _Malformed("conditions must be a list of objects")
+        if decision_id is not None and not isinstance(decision_id, str):
+            raise _Malformed("decision_id must be a string")
         return Decision(
             decision_id=decision_id,
             route_to=route_to,
-            fallback=tuple(fallback),
-            rule=doc.get("rule"),
-            conditions=list(doc.get("conditions") or []),
-            overridden_by=doc.get("overridden_by"),
-            deny=tuple(deny),
-            revision=doc.get("revision"),
+            fallback=fallback,
+            rule=_rule(doc.get("rule"), ""),
+            conditions=list(conditions),
+            overridden_by=_opt_str(doc, "overridden_by", ""),
+            deny=deny,
+            revision=_opt_str(doc, "revision", ""),
             elapsed_ms=elapsed_ms,
             shadow=_shadow_of(doc),
         )
-    except (KeyError, TypeError) as err:
+    except _Malformed as err:
         raise PolicyUnavailableError(
             f"OPA returned a malformed decision ({err}); refusing to route",
             code="policy_malformed",
@@ -201,6 +246,12 @@ class PolicyClient:
                 f"OPA did not answer within {self.timeout * 1000:.0f} ms; refusing to route",
                 code="policy_timeout",
             ) from err
+        except (aiohttp.ContentTypeError, ValueError, RecursionError) as err:
+            # An answer that is not JSON (whatever its content type says).
+            raise PolicyUnavailableError(
+                "OPA answered with a body that is not JSON; refusing to route",
+                code="policy_malformed",
+            ) from err
         except (aiohttp.ClientError, ConnectionsError, OSError) as err:
             raise PolicyUnavailableError(
                 f"OPA is unreachable ({type(err).__name__}); refusing to route",
@@ -209,24 +260,21 @@ class PolicyClient:
 
     async def refused_endpoints(self, input_doc: dict[str, Any]) -> frozenset[str]:
         """Endpoints the guards refuse for this caller (`data.kamiwaza.guards.refusals`)."""
-        answer = await self._query(input_doc, GUARDS_PACKAGE, GUARDS_RULE)
-        result = answer.get("result", {}) if isinstance(answer, dict) else None
-        if not isinstance(result, dict):
-            raise PolicyUnavailableError(
-                "OPA answered the guards query without an object; refusing to list",
-                code="policy_malformed",
-            )
-        return frozenset(result)
+        return frozenset(await self.guard_refusals(input_doc))
 
     async def guard_refusals(self, input_doc: dict[str, Any]) -> dict[str, list[str]]:
         """Each endpoint the guards refuse for this request, with their reasons."""
         answer = await self._query(input_doc, GUARDS_PACKAGE, GUARDS_RULE)
         result = answer.get("result", {}) if isinstance(answer, dict) else None
-        if not isinstance(result, dict):
+        if not isinstance(result, dict) or not all(
+            isinstance(reasons, list) and all(isinstance(r, str) for r in reasons)
+            for reasons in result.values()
+        ):
             raise PolicyUnavailableError(
-                "OPA answered the guards query without an object", code="policy_malformed"
+                "OPA answered the guards query without an object of reason lists",
+                code="policy_malformed",
             )
-        return {name: sorted(map(str, reasons)) for name, reasons in sorted(result.items())}
+        return {name: sorted(reasons) for name, reasons in sorted(result.items())}
 
     async def _decide(self, input_doc: dict[str, Any]) -> Decision:
         start = time.perf_counter()

@@ -102,6 +102,12 @@ class Settings:
     # SIGTERM: in-flight requests and streams get this long to finish.
     drain_timeout_s: float = 30.0
     max_body_bytes: int = 4 * 1024 * 1024
+    # Slow and idle clients, and the connection cap (gateway/server.py; README
+    # "Reliability"). 0 turns a timeout off.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keepalive_timeout_s: float = 75.0
+    max_connections: int = 4096
     data_classes: tuple[str, ...] = DEFAULT_DATA_CLASSES
     # Classes whose requests may only reach `in_vpc: true` endpoints (the in-VPC
     # guard). None: the highest of data_classes.
@@ -315,6 +321,10 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "bundle_signing_alg": _str,
     "drain_timeout_s": _float,
     "max_body_bytes": lambda v, w: _int(v, w, minimum=1024),
+    "header_timeout_s": _float,
+    "body_timeout_s": _float,
+    "keepalive_timeout_s": _float,
+    "max_connections": lambda v, w: _int(v, w, minimum=1),
     "data_classes": _str_list,
     "in_vpc_data_classes": lambda v, w: None if v in (None, "") else _str_list(v, w),
     "default_data_class": _str,

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def _with_parent_death_signal(args: list[str]) -> list[str]:
-    """`args` wrapped so that Linux SIGTERMs the sidecar when the gateway dies.
+    """`args` wrapped so that Linux SIGKILLs the sidecar when the gateway dies.
 
     A gateway killed hard (SIGKILL, OOM) cannot stop its sidecar, and an orphaned
     OPA would keep its port and answer nobody. util-linux's `setpriv` sets the
@@ -32,9 +32,13 @@ def _with_parent_death_signal(args: list[str]) -> list[str]:
     `preexec_fn` would do the same but can deadlock the fork in a process that
     already runs threads. The signal is tied to the forking thread: spawns
     happen on the event loop's thread, which lives as long as the process.
+
+    KILL, not TERM: on TERM OPA shuts down gracefully, trying for up to its
+    10 s grace period to flush its decision log to the gateway that just died,
+    so the orphan lingered that long. A normal stop still TERMs it (`stop()`).
     """
     setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
-    return [setpriv, "--pdeathsig", "TERM", "--", *args] if setpriv else args
+    return [setpriv, "--pdeathsig", "KILL", "--", *args] if setpriv else args
 
 
 def go_runtime_env(gomaxprocs: int, gogc: int) -> dict[str, str]:

@@ -17,7 +17,9 @@
   64 MiB) of the bound, and the gateway answers new requests 503; the reserve
   holds the records of requests in flight and of the refusals. In `drop` mode
   records past the bound are dropped, counted, logged loudly, and a `gap` entry
-  in the chain records how many and when.
+  in the chain records how many and when. Refusals whose own record finds no
+  room either (refuse mode, spool at its very bound) are counted in a gap entry
+  the same way (`refused` in its body).
 - With decision logs on, a loopback-only server receives OPA's decision log
   (:mod:`observability.decision_log`) and spools each event.
 """
@@ -185,8 +187,10 @@ class AuditPipeline:
         self._io_error_at = -1e9
         self._refusing = False
         self._last_loud_log = -1e9
-        # Drop mode: records dropped since the last gap entry, and when.
+        # Records dropped since the last gap entry (drop mode, or refusals
+        # past the bound), how many of them were refusals, and when.
         self._gap_count = 0
+        self._gap_refused = 0
         self._gap_first = ""
         self._gap_last = ""
         # Counters (plain numbers: the metrics exporter thread reads them).
@@ -246,6 +250,10 @@ class AuditPipeline:
             await self._ingest.close()
         if not self._started:
             return
+        if self._gap_count:
+            # Drops since the last record: the gap entry goes in before the end.
+            with contextlib.suppress(OSError, SpoolError):
+                self._write_gap()
         self._spool.seal()
         with contextlib.suppress(TimeoutError):
             await self.flush(self.config.shutdown_timeout_s)
@@ -323,7 +331,7 @@ class AuditPipeline:
             error = record.error
             refusal = error is not None and error.get("code") == REFUSAL_CODE
             if not self._room(refusal):
-                self._drop(record.timestamp)
+                self._drop(record.timestamp, refusal=refusal)
                 return
             if self._gap_count:
                 self._write_gap()
@@ -342,13 +350,13 @@ class AuditPipeline:
             return used < bound
         return True  # an admitted request's record is always written (the reserve)
 
-    def _drop(self, timestamp: str) -> None:
+    def _drop(self, timestamp: str, *, refusal: bool) -> None:
         self.dropped += 1
-        if self.config.spool_full == DROP:
-            if not self._gap_count:
-                self._gap_first = timestamp
-            self._gap_count += 1
-            self._gap_last = timestamp
+        if not self._gap_count:
+            self._gap_first = timestamp
+        self._gap_count += 1
+        self._gap_refused += refusal
+        self._gap_last = timestamp
         now = self.clock()
         if now - self._last_loud_log >= LOUD_LOG_EVERY_S:
             self._last_loud_log = now
@@ -361,10 +369,14 @@ class AuditPipeline:
             )
 
     def _write_gap(self) -> None:
-        body = json.dumps(
-            {"dropped": self._gap_count, "first": self._gap_first, "last": self._gap_last},
-            separators=(",", ":"),
-        )
+        gap: dict[str, Any] = {
+            "dropped": self._gap_count,
+            "first": self._gap_first,
+            "last": self._gap_last,
+        }
+        if self._gap_refused:
+            gap["refused"] = self._gap_refused  # requests answered 503 audit_unavailable
+        body = json.dumps(gap, separators=(",", ":"))
         self._spool.append(KIND_GAP, f"gap-{self._spool.stream}", self._gap_last, body)
         log.error(
             "audit: %d record(s) were dropped between %s and %s (recorded as a gap)",
@@ -373,6 +385,7 @@ class AuditPipeline:
             self._gap_last,
         )
         self._gap_count = 0
+        self._gap_refused = 0
 
     def write_event(self, event: dict[str, Any]) -> bool:
         """Spool one OPA decision-log event; False: refused (spool full, refuse mode)."""

@@ -10,9 +10,11 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from gateway.app import create_app
 from gateway.auth import KeyStore
+from gateway.server import GatewayRunner, ServerLimits
 from gateway.settings import load_settings
 from gateway.state import AUDIT
 from observability.audit_reader import request_records
@@ -82,10 +84,31 @@ def token_of(name: str) -> str:
     return f"token-for-{name}"
 
 
+class GuardedTestServer:
+    """The app on kamiwaza serve's guarded server (gateway/server.py), on a port the
+    OS picks: TestServer's `make_url`/`close`, with the real protocol limits."""
+
+    def __init__(self, app: web.Application, limits: ServerLimits) -> None:
+        self.runner = GatewayRunner(app, limits=limits, shutdown_timeout=1.0)
+        self.port = 0
+
+    async def start_server(self) -> None:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+
+    def make_url(self, path: str) -> URL:
+        return URL(f"http://127.0.0.1:{self.port}{path}")
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
 @dataclass
 class Gateway:
     app: web.Application
-    server: TestServer
+    server: TestServer | GuardedTestServer
     upstreams: dict[str, FakeUpstream]
     keys: dict[str, str]  # tenant label -> API key
     audit_dir: Path
@@ -121,6 +144,8 @@ async def start_gateway(
     settings_overrides: dict[str, Any] | None = None,
     first_token_ms: int = 2000,
     tracing: GatewayTracing | None = None,
+    limits: ServerLimits | None = None,
+    environ: dict[str, str] | None = None,
 ) -> Gateway:
     upstreams = {}
     for name in ENDPOINT_NAMES:
@@ -146,7 +171,7 @@ async def start_gateway(
     return await serve_gateway(
         workdir,
         keys=keys,
-        environ={token_env(name): token_of(name) for name in ENDPOINT_NAMES},
+        environ={token_env(name): token_of(name) for name in ENDPOINT_NAMES} | (environ or {}),
         overrides={
             "opa_url": opa_url,
             "tenant_floors": {"hospital": "pii-restricted"},
@@ -154,6 +179,7 @@ async def start_gateway(
         },
         upstreams=upstreams,
         tracing=tracing,
+        limits=limits,
     )
 
 
@@ -165,9 +191,11 @@ async def serve_gateway(
     overrides: dict[str, Any] | None = None,
     upstreams: dict[str, Any] | None = None,
     tracing: GatewayTracing | None = None,
+    limits: ServerLimits | None = None,
 ) -> Gateway:
     """The gateway on `workdir`'s routing.yaml, endpoints.yaml and keys.json (which
-    holds `keys`), auditing to `workdir/audit`, on a loopback test server."""
+    holds `keys`), auditing to `workdir/audit`, on a loopback test server (with
+    `limits`: on kamiwaza serve's guarded server)."""
     audit_dir = workdir / "audit"
     settings = load_settings(
         overrides={
@@ -180,6 +208,8 @@ async def serve_gateway(
         environ={},
     )
     app = create_app(settings, environ=environ, tracing=tracing)
-    server = TestServer(app, host="127.0.0.1")
+    server: TestServer | GuardedTestServer = (
+        TestServer(app, host="127.0.0.1") if limits is None else GuardedTestServer(app, limits)
+    )
     await server.start_server()
     return Gateway(app, server, upstreams or {}, keys, audit_dir, workdir)

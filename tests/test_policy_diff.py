@@ -6,6 +6,7 @@ shadowing live traffic, its disagreements in audit records, metrics and
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -512,6 +513,7 @@ def test_the_shadow_field_is_parsed_and_a_malformed_one_never_fails_a_request(
 ) -> None:
     from gateway.policy import ShadowDecision, parse_decision
 
+    caplog.set_level(logging.WARNING)
     live = {
         "route_to": "gpu",
         "fallback": [],

@@ -61,6 +61,7 @@ _ALGORITHMS_FOR_KEY: Mapping[tuple[str, str | None], frozenset[str]] = {
     ("OKP", "Ed448"): frozenset({"EdDSA"}),
 }
 _REQUIRED_CLAIMS = ["exp", "iss", "aud"]
+_TIME_CLAIMS = ("exp", "nbf", "iat")
 _MAX_LEEWAY_S = 300.0
 _MAX_JWKS_BYTES = 1 << 20
 _MISSING = object()
@@ -279,7 +280,7 @@ class JwtVerifier:
         settings = self._settings
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
             raise AuthenticationError("malformed token", code="invalid_token") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in settings.algorithms:
@@ -324,6 +325,16 @@ class JwtVerifier:
                 (text for kind, text in _DECODE_ERRORS if isinstance(err, kind)), "invalid token"
             )
             raise AuthenticationError(message, code="invalid_token") from None
+        except (OverflowError, ValueError, TypeError, RecursionError):
+            # PyJWT lets some claim values through unmapped (e.g. `"exp": 1e400`).
+            raise AuthenticationError("malformed token", code="invalid_token") from None
+        for name in _TIME_CLAIMS:
+            # RFC 7519: a NumericDate is a JSON number; PyJWT also takes "123".
+            value = claims.get(name)
+            if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise AuthenticationError(
+                    f"token's {name!r} claim must be a number (NumericDate)", code="invalid_token"
+                )
         return self._identity(claims)
 
     def _identity(self, claims: Mapping[str, Any]) -> Identity:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import aiohttp
@@ -159,11 +159,11 @@ class Exchange:
                 status = answers[-1][0]
                 answer, usage = _parse(codec, call, answers)
         except _StatusFailure as err:
-            return err.failure, err.status
+            return redacted(target, err.failure), err.status
         except AttemptFailed as err:
-            return err.failure, status
+            return redacted(target, err.failure), status
         except Exception as err:
-            return transport_failure(err, None), status
+            return redacted(target, transport_failure(err, None)), status
         model = codec.upstream_model(call) or _str(answer.get("model"))
         return Success(200, answer, usage or codec.estimate_usage(call, answer), model), status
 
@@ -221,7 +221,8 @@ class Exchange:
                         status = resp.status
                         if not 200 <= status < 300:
                             raw = await read_prefix(resp, ERROR_BODY_LIMIT)
-                            return codec.classify_error(status, resp.headers, raw), status
+                            failure = codec.classify_error(status, resp.headers, raw)
+                            return redacted(target, failure), status
                         frames, eof = await first_frames(resp, translator)
                     # The first frame is ready: this endpoint is committed.
                     trace.ttft_ms = ms(started)
@@ -257,6 +258,7 @@ class Exchange:
             usage = translator.usage or codec.estimate_usage(call, None)
             if clean:
                 return Success(200, None, usage, model, tail=tuple(tail)), status
+            failure = redacted(target, failure)
             if client is None:
                 return failure, status
             # After the first byte there is no failover: the stream ends with an
@@ -271,6 +273,20 @@ class Exchange:
                     # Closing the connection is how the upstream learns that the
                     # request was abandoned (vLLM and TGI abort generation).
                     resp.close()
+
+
+def redacted(target: Target, failure: AttemptFailure) -> AttemptFailure:
+    """`failure` with the endpoint's credentials taken out of its message and code.
+
+    Codecs redact what they read from the upstream; this is the one place every
+    failure passes on its way to the client, the audit record, the log and the
+    stream's error event, so a codec that forgets cannot leak a key.
+    """
+    redact = target.adapter.redact
+    message, code = redact(failure.message), redact(failure.code)
+    if message == failure.message and code == failure.code:
+        return failure
+    return replace(failure, message=message, code=code)
 
 
 class _StatusFailure(Exception):

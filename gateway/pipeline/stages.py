@@ -43,6 +43,7 @@ from gateway.pipeline.record import (
 )
 from gateway.policy import Decision, PolicyClient
 from gateway.providers.adapter import Call, Codec, ProviderAdapter
+from gateway.server import read_body
 from gateway.settings import Settings
 from observability.audit import AuditRecord
 from observability.pipeline import AuditPipeline
@@ -113,7 +114,7 @@ class Pipeline:
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLargeError(f"request body too large (limit {limit} bytes)")
-        raw = await request.read()
+        raw = await read_body(request, self.settings.body_timeout_s)
         return parse_json_object(raw)
 
     def parse(self, ctx: RequestContext, body: dict[str, Any]) -> ModelRequest:
@@ -274,19 +275,31 @@ class Pipeline:
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """A request body as a JSON object, or a 400 that says what is wrong."""
+    body = parse_json(raw)
+    if not isinstance(body, dict):
+        raise BadRequestError("request body must be a JSON object", code="invalid_body")
+    return body
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON of valid Unicode, or a 400 that says what is wrong."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
     except (UnicodeDecodeError, RecursionError, ValueError) as err:
         # ValueError covers JSONDecodeError and Python's digit limit on integers.
         reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
         raise BadRequestError(
             f"request body is not valid JSON: {reason}", code="invalid_json"
         ) from None
-    if not isinstance(body, dict):
-        raise BadRequestError("request body must be a JSON object", code="invalid_body")
     if b"\\u" in raw or b"\\U" in raw:
         _check_unicode(body)
     return body
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which are not JSON: no upstream would
+    # take them back.
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _check_unicode(value: Any) -> None:
@@ -335,4 +348,4 @@ def routing_headers(request_id: str, decision: Decision, endpoint: str) -> dict[
     }
 
 
-__all__ = ["Pipeline", "parse_json_object", "routing_headers"]
+__all__ = ["Pipeline", "parse_json", "parse_json_object", "routing_headers"]

@@ -26,14 +26,13 @@ from gateway.providers.credentials import CredentialStore, Secret
 from gateway.providers.failures import AttemptFailure
 from gateway.providers.openai_compatible import translate
 from gateway.providers.openai_compatible.embeddings import OpenAIEmbeddingsCodec
+from gateway.providers.openai_compatible.fields import SELF_HOSTED_FLAVORS, chat_fields
 from gateway.providers.openai_compatible.responses import OpenAIResponsesCodec
 from gateway.providers.usage import Usage
 from gateway.providers.wire import encode_body
 from translator.registry import Endpoint
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-# Flavors whose servers put the Chat Completions API at /v1/chat/completions.
-SELF_HOSTED_FLAVORS = frozenset({"vllm", "tgi", "tensorrt-llm"})
 
 
 class OpenAICompatibleAdapter(ProviderAdapter):
@@ -98,7 +97,9 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         return OpenAIEmbeddingsCodec(self, max_batch=self.embeddings_batch)
 
     def upstream_body(self, body: Mapping[str, Any], *, stream: bool) -> dict[str, Any]:
-        return translate.build_request_body(body, model=self.endpoint.model, stream=stream)
+        return translate.build_request_body(
+            body, model=self.endpoint.model, stream=stream, fields=chat_fields(self.flavor)
+        )
 
     async def prepare(self, body: Mapping[str, Any], *, stream: bool) -> UpstreamRequest:
         headers = {"Content-Type": "application/json", **self.auth_headers()}
@@ -112,7 +113,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
     def parse_response(
         self, status: int, headers: Mapping[str, str], body: bytes
     ) -> tuple[dict[str, Any], Usage | None]:
-        return translate.parse_completion(body)
+        return translate.parse_completion(body, redact=self.redact)
 
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes

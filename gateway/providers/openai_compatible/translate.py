@@ -36,6 +36,7 @@ from gateway.providers.failures import (
     failure_for_status,
     parse_retry_after,
 )
+from gateway.providers.openai_compatible.fields import CHAT_FIELDS, known_fields
 from gateway.providers.sse import SseParser
 from gateway.providers.usage import Usage, estimate_prompt_tokens
 from gateway.providers.wire import DONE_FRAME
@@ -44,16 +45,21 @@ _DONE = b"[DONE]"
 
 
 def build_request_body(
-    body: Mapping[str, Any], *, model: str | None, stream: bool
+    body: Mapping[str, Any],
+    *,
+    model: str | None,
+    stream: bool,
+    fields: frozenset[str] = CHAT_FIELDS,
 ) -> dict[str, Any]:
     """The body to send upstream for the client's `body`.
 
-    The endpoint's model (when set) replaces the client's: the registry decides
-    what runs where. Streams always ask for usage in their last chunk, so that
-    tokens and cost come from the upstream rather than an estimate;
-    `stream_options` is dropped for non-streamed requests, where OpenAI rejects it.
+    Only `fields` of the client's body are sent (:mod:`.fields`). The endpoint's
+    model (when set) replaces the client's: the registry decides what runs
+    where. Streams always ask for usage in their last chunk, so that tokens and
+    cost come from the upstream rather than an estimate; `stream_options` is
+    dropped for non-streamed requests, where OpenAI rejects it.
     """
-    out = dict(body)
+    out = known_fields(body, fields)
     if model:
         out["model"] = model
     out["stream"] = stream
@@ -91,11 +97,21 @@ def parse_usage(usage: Any, *, prompt_estimate: int | None = None) -> Usage | No
     return Usage(prompt, completion or 0, cache_read_tokens=cached, estimated=estimated)
 
 
-def parse_completion(raw: bytes) -> tuple[dict[str, Any], Usage | None]:
-    """A 2xx non-streamed answer: the `chat.completion` object and its usage."""
+def _unredacted(text: str) -> str:
+    return text
+
+
+def parse_completion(
+    raw: bytes, *, redact: Callable[[str], str] = _unredacted
+) -> tuple[dict[str, Any], Usage | None]:
+    """A 2xx non-streamed answer: the `chat.completion` object and its usage.
+
+    A 200 carrying an error object instead (some proxies answer a refused key
+    that way, quoting it) fails the attempt with the message `redact`ed.
+    """
     completion = json_answer(raw)
     if "error" in completion and "choices" not in completion:
-        raise AttemptFailed(_error_object_failure(completion["error"], 502))
+        raise AttemptFailed(_error_object_failure(completion["error"], 502, redact))
     if not isinstance(completion.get("choices"), list):
         raise AttemptFailed(
             bad_response("the upstream's answer is not a chat completion (no 'choices')")
@@ -129,10 +145,10 @@ def error_details(body: bytes) -> tuple[str | None, str | None]:
     text = body.decode("utf-8", "replace").strip()
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return (text or None), None
     if not isinstance(parsed, dict):
-        return text, None
+        return _canonical(parsed), None
     error = parsed.get("error", parsed)
     if isinstance(error, str):
         return error, None
@@ -143,7 +159,13 @@ def error_details(body: bytes) -> tuple[str | None, str | None]:
         code = error.get("code")
         if isinstance(message, str):
             return message, code if isinstance(code, str) else None
-    return text, None
+    return _canonical(parsed), None
+
+
+def _canonical(parsed: Any) -> str:
+    """Parsed JSON written back without escapes, so that a secret the upstream
+    spelled with JSON escapes (`\\/`, `\\uXXXX`) is plain text for redaction."""
+    return json.dumps(parsed, ensure_ascii=False, separators=(",", ":"))
 
 
 def classify_error(
@@ -199,7 +221,9 @@ def classify_server_error(
     return failure
 
 
-def _error_object_failure(error: Any, status: int) -> AttemptFailure:
+def _error_object_failure(error: Any, status: int, redact: Callable[[str], str]) -> AttemptFailure:
+    """The failure an error object in a 2xx answer (or a stream event) stands for,
+    its message and code redacted before they are cut to length."""
     message: str | None = None
     code: str | None = None
     if isinstance(error, str):
@@ -207,12 +231,14 @@ def _error_object_failure(error: Any, status: int) -> AttemptFailure:
     elif isinstance(error, Mapping):
         if isinstance(error.get("message"), str):
             message = error["message"]
+        elif error.get("message") is not None:
+            message = _canonical(error["message"])
         if isinstance(error.get("code"), str):
-            code = error["code"]
+            code = redact(error["code"])[:100]
     return AttemptFailure(
         status,
         code or UPSTREAM_STREAM_ERROR,
-        (message or "the upstream reported an error")[:MAX_ERROR_MESSAGE],
+        redact(message or "the upstream reported an error")[:MAX_ERROR_MESSAGE],
         True,
     )
 
@@ -301,15 +327,7 @@ class OpenAIStreamTranslator(StreamTranslator):
             return
         chunk = json_event(payload)
         if name == "error" or ("error" in chunk and "choices" not in chunk):
-            failure = _error_object_failure(chunk.get("error", chunk), 502)
-            raise AttemptFailed(
-                AttemptFailure(
-                    failure.status_for_client,
-                    failure.code,
-                    self._redact(failure.message),
-                    failure.retryable,
-                )
-            )
+            raise AttemptFailed(_error_object_failure(chunk.get("error", chunk), 502, self._redact))
         self._last_id = chunk.get("id", self._last_id)
         self._last_model = chunk.get("model", self._last_model)
         self._last_created = chunk.get("created", self._last_created)
