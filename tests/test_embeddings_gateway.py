@@ -1,6 +1,7 @@
 """Embeddings through the gateway with the official openai SDK (sync and async):
 a real OPA sidecar, the embeddings codecs plugged in by the adapters, and the
-fake vLLM, Bedrock (SigV4) and Vertex AI (service-account token) servers."""
+fake vLLM, OpenAI, Azure OpenAI (api-key), Bedrock (SigV4; Titan and Cohere) and
+Vertex AI (service-account token) servers."""
 
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ import pytest
 import pytest_asyncio
 
 from gateway.auth import KeyStore
-from tests.bedrock_azure_harness import AWS_ACCESS_KEY, AWS_SECRET, use_test_aws_identity
+from tests.bedrock_azure_harness import (
+    AWS_ACCESS_KEY,
+    AWS_SECRET,
+    AZURE_KEY,
+    ENTRA_CLIENT,
+    ENTRA_SECRET,
+    ENTRA_TENANT,
+    use_test_aws_identity,
+)
+from tests.fake_azure import FakeAzure
 from tests.fake_bedrock import FakeBedrock, Reply
 from tests.fake_embeddings import fake_vector
 from tests.fake_upstream import FakeUpstream
@@ -24,10 +34,15 @@ from tests.gateway_harness import Gateway, serve_gateway
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 TITAN = "amazon.titan-embed-text-v2:0"
+COHERE = "cohere.embed-multilingual-v3"
 TOKEN = "vllm-token-canary-e2e"
+OPENAI_KEY = "sk-openai-canary-e2e"
 ROUTES = {
     "vllm": ("vllm", []),
+    "openai": ("openai", []),
+    "azure": ("azure", []),
     "titan": ("titan", []),
+    "cohere": ("cohere", []),
     "vertex": ("vertex", []),
     "vllm-then-titan": ("vllm", ["titan"]),
 }
@@ -37,6 +52,8 @@ ROUTES = {
 class Stack:
     gateway: Gateway
     vllm: FakeUpstream
+    openai: FakeUpstream
+    azure: FakeAzure
     bedrock: FakeBedrock
     vertex: FakeVertex
     key: str
@@ -58,6 +75,13 @@ async def stack(opa_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Async
     with pytest.MonkeyPatch.context() as mp:
         use_test_aws_identity(mp, work)
         vllm = await FakeUpstream(token=TOKEN).start()
+        saas = await FakeUpstream(token=OPENAI_KEY).start()
+        azure = await FakeAzure(
+            api_key=AZURE_KEY,
+            tenant=ENTRA_TENANT,
+            client_id=ENTRA_CLIENT,
+            client_secret=ENTRA_SECRET,
+        ).start()
         bedrock = await FakeBedrock().start()
         bedrock.allow(AWS_ACCESS_KEY, AWS_SECRET)
         vertex = await FakeVertex(project="p1", location="us-central1").start()
@@ -87,6 +111,29 @@ async def stack(opa_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Async
                     "    auth: {bearer_token_env: VLLM_TOKEN}",
                     "    pricing: {input_per_1k: 0.01, output_per_1k: 0}",
                     timeouts,
+                    "  openai:",
+                    "    type: openai",
+                    f"    base_url: {saas.url}",
+                    "    model: text-embedding-3-small",
+                    "    auth: {api_key_env: OPENAI_API_KEY}",
+                    "    pricing: {input_per_1k: 0.00002, output_per_1k: 0}",
+                    timeouts,
+                    "  azure:",
+                    "    type: azure-openai",
+                    f"    base_url: {azure.url}",
+                    "    deployment: text-embedding-3-small",
+                    '    api_version: "2024-10-21"',
+                    "    operations: [embeddings]",
+                    "    auth: {api_key_env: AZURE_OPENAI_API_KEY}",
+                    "    pricing: {input_per_1k: 0.00002, output_per_1k: 0}",
+                    timeouts,
+                    "  cohere:",
+                    "    type: bedrock",
+                    "    region: us-east-1",
+                    f"    vpc_endpoint_url: {bedrock.url}",
+                    f"    model: {COHERE}",
+                    "    pricing: {input_per_1k: 0.1, output_per_1k: 0}",
+                    timeouts,
                     "  titan:",
                     "    type: bedrock",
                     "    region: us-east-1",
@@ -108,20 +155,30 @@ async def stack(opa_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Async
         )
         store = KeyStore.load(work / "keys.json", missing_ok=True)
         key = store.create(tenant="acme", user="u-1", roles=["analyst"])[1]
-        gateway = await serve_gateway(work, keys={"acme": key}, environ={"VLLM_TOKEN": TOKEN})
+        environ = {
+            "VLLM_TOKEN": TOKEN,
+            "OPENAI_API_KEY": OPENAI_KEY,
+            "AZURE_OPENAI_API_KEY": AZURE_KEY,
+        }
+        gateway = await serve_gateway(work, keys={"acme": key}, environ=environ)
         try:
-            yield Stack(gateway, vllm, bedrock, vertex, key)
+            yield Stack(gateway, vllm, saas, azure, bedrock, vertex, key)
         finally:
             await gateway.close()
             await vllm.close()
+            await saas.close()
+            await azure.close()
             await bedrock.close()
             await vertex.close()
 
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def fresh(stack: Stack) -> Stack:
-    stack.vllm.requests.clear()
-    stack.vllm.queue.clear()
+    for fake in (stack.vllm, stack.openai):
+        fake.requests.clear()
+        fake.queue.clear()
+    stack.azure.requests.clear()
+    stack.azure.rejected.clear()
     stack.bedrock.requests.clear()
     stack.bedrock.queue.clear()
     await stack.new_records()
@@ -180,6 +237,86 @@ async def test_titan_batches_with_the_sync_sdk(fresh: Stack) -> None:
     assert fresh.bedrock.rejected == []
     (record,) = await fresh.new_records()
     assert (record["tokens"], record["cost_usd"]) == ({"input": 6, "output": 0}, 0.00012)
+
+
+async def test_openai_embeddings_with_base64_and_dimensions(fresh: Stack) -> None:
+    texts = ["the quick brown fox", "jumps"]
+    result = await client(fresh).embeddings.create(
+        model="text-embedding-3-small",
+        input=texts,
+        dimensions=8,
+        user="u-1",
+        extra_headers=target("openai"),
+    )
+    assert [d.embedding for d in result.data] == [fake_vector(t, 8) for t in texts]
+    (received,) = fresh.openai.requests
+    assert received.headers["Authorization"] == f"Bearer {OPENAI_KEY}"
+    assert received.json == {
+        "model": "text-embedding-3-small",
+        "input": texts,
+        "dimensions": 8,
+        "user": "u-1",
+        "encoding_format": "base64",
+    }
+    (record,) = await fresh.new_records()
+    assert (record["endpoint"], record["operation"], record["tokens"]) == (
+        "openai",
+        "embeddings",
+        {"input": 5, "output": 0},
+    )
+    assert OPENAI_KEY not in repr(record)
+
+
+async def test_azure_embeddings_name_the_deployment(fresh: Stack) -> None:
+    def call() -> Any:
+        with openai.OpenAI(
+            base_url=fresh.gateway.base_url, api_key=fresh.key, max_retries=0
+        ) as sdk:
+            return sdk.embeddings.create(
+                model="anything",
+                input="contract clause",
+                encoding_format="float",
+                extra_headers=target("azure"),
+            )
+
+    result = await asyncio.to_thread(call)
+    assert [d.embedding for d in result.data] == [fake_vector("contract clause", 16)]
+    assert result.usage.prompt_tokens == 2
+    (received,) = fresh.azure.requests
+    assert (received["query"], received["headers"]["api-key"]) == (
+        {"api-version": "2024-10-21"},
+        AZURE_KEY,
+    )
+    assert received["json"] == {
+        "model": "text-embedding-3-small",
+        "input": "contract clause",
+        "encoding_format": "float",
+    }
+    assert fresh.azure.rejected == []
+    (record,) = await fresh.new_records()
+    assert (record["endpoint"], record["status"], record["tokens"]) == (
+        "azure",
+        200,
+        {"input": 2, "output": 0},
+    )
+
+
+async def test_cohere_embeddings_through_invoke_model(fresh: Stack) -> None:
+    texts = ["un document", "another one here"]
+    result = await client(fresh).embeddings.create(
+        model="cohere", input=texts, extra_headers=target("cohere")
+    )
+    assert [d.embedding for d in result.data] == [fake_vector(t, 1024) for t in texts]
+    (received,) = fresh.bedrock.requests
+    assert received.json["texts"] == texts
+    assert received.json["input_type"] == "search_document"
+    assert fresh.bedrock.rejected == []
+    (record,) = await fresh.new_records()
+    assert (record["endpoint"], record["operation"], record["status"]) == (
+        "cohere",
+        "embeddings",
+        200,
+    )
 
 
 async def test_vertex_gemini_embedding(fresh: Stack) -> None:
