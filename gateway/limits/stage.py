@@ -29,7 +29,8 @@ from typing import Any
 
 from gateway.auth import Identity
 from gateway.limits.backend import LimitsBackend
-from gateway.limits.estimate import estimate_request
+from gateway.limits.config import LimitsConfig
+from gateway.limits.estimate import Estimate, estimate_request
 from gateway.limits.model import Reservation, Subject
 from gateway.limits.opa import budget_input
 from gateway.providers.usage import Usage
@@ -53,8 +54,9 @@ class LimitsStage:
     async def close(self) -> None:
         await self.limiter.close()
 
-    def reload(self) -> None:
-        self.limiter.reload()
+    def reload(self) -> LimitsConfig:
+        """Re-read the limits file; LimitsConfigError keeps the previous limits."""
+        return self.limiter.reload()
 
     async def budget(self, identity: Identity) -> dict[str, Any] | None:
         """`input.budget` for the routing decision, or None to leave it out."""
@@ -64,19 +66,32 @@ class LimitsStage:
         endpoints = self.registry.endpoints
         return [endpoints[name].pricing for name in route if name in endpoints]
 
+    def estimate(
+        self, route: Sequence[str], body: Mapping[str, Any], operation: str = "chat"
+    ) -> Estimate:
+        """The request's worst case on the route (priced at its dearest endpoint)."""
+        policy = self.limiter.config.reservation
+        return estimate_request(body, self._prices(route), policy, operation)
+
     async def reserve(
         self,
         identity: Identity,
         route: Sequence[str],
         body: Mapping[str, Any],
         operation: str = "chat",
+        *,
+        estimate: Estimate | None = None,
     ) -> Reservation:
-        """Check and reserve the request's worst case on the route (priced at its
-        dearest endpoint; endpoint limits of the first endpoint apply)."""
-        policy = self.limiter.config.reservation
-        estimate = estimate_request(body, self._prices(route), policy, operation)
+        """Check and reserve the request's worst case on the route (`estimate`, or
+        worked out here); endpoint limits of the first endpoint apply."""
+        if estimate is None:
+            estimate = self.estimate(route, body, operation)
         subject = subject_of(identity, route[0] if route else None)
         return await self.limiter.reserve(subject, estimate)
+
+    def pricing(self, endpoint: str) -> Pricing | None:
+        found = self.registry.endpoints.get(endpoint)
+        return found.pricing if found is not None else None
 
     async def finish(self, reservation: Reservation, usage: Usage | None, cost_usd: float) -> None:
         """Settle at the real use, or release when nothing was used."""
