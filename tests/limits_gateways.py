@@ -71,6 +71,7 @@ class Cluster:
                 "limits": str(self.limits_file),
                 "limits_redis_url": self.redis.url,
                 "audit_batch_interval_s": 0.05,
+                "opa_timeout_ms": 5000,  # a loaded machine is not what is tested
                 **overrides,
             },
             upstreams=self.upstreams,
@@ -127,6 +128,7 @@ class Cluster:
             "opa_url": self.opa.url,
             "limits": self.limits_file,
             "limits_redis_url": self.redis.url,
+            "opa_timeout_ms": 5000,
             **settings,
         }
         config = workdir / "gateway.yaml"

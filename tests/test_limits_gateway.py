@@ -43,7 +43,7 @@ MAX_TOKENS = 10
 MESSAGES = [{"role": "user", "content": PROMPT}]
 BODY = {"model": "m", "max_tokens": MAX_TOKENS, "messages": MESSAGES}
 RESERVED = estimate_request(BODY, ANTHROPIC, ReservationPolicy())  # what one request reserves
-TTL_S = 3.0  # the SIGKILL test's reservations expire this soon
+TTL_S = 4.0  # the SIGKILL test's reservations expire this soon
 
 LIMITS_YAML = f"""\
 version: v1
@@ -119,19 +119,27 @@ async def test_a_streamed_burst_across_three_replicas_admits_what_the_cap_holds(
             return err
         return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
-    tasks = [asyncio.create_task(one(i)) for i in range(24)]
-    # Every admitted stream is held at the upstream's gate, its reservation in
-    # flight, while the others are refused: the cap alone decides.
-    await until(
-        lambda: sum(t.done() for t in tasks) + cluster.upstream_requests() == 24,
-        "every request refused or held upstream",
-    )
-    assert cluster.upstream_requests() == 5  # floor(5.5 reservations)
-    status = await cluster.status("burst")
+    async def burst(n: int) -> tuple[list[Any], int, dict[str, Any]]:
+        """`n` at once; every admitted stream is held at the upstream's gate, its
+        reservation in flight, while the others are refused: the cap alone
+        decides. Returns the outcomes and how many reached an upstream."""
+        before = cluster.upstream_requests()
+        for up in cluster.upstreams.values():
+            up.gate.clear()
+        tasks = [asyncio.create_task(one(i)) for i in range(n)]
+        await until(
+            lambda: sum(t.done() for t in tasks) + cluster.upstream_requests() - before == n,
+            "every request refused or held upstream",
+        )
+        held = cluster.upstream_requests() - before
+        status = await cluster.status("burst")
+        for up in cluster.upstreams.values():
+            up.gate.set()
+        return list(await asyncio.gather(*tasks)), held, status
+
+    outcomes, held, status = await burst(24)
+    assert held == 5  # floor(5.5 reservations)
     assert status["tenant.usd_per_day"].used == pytest.approx(5 * RESERVED.cost_usd, abs=1e-8)
-    for up in cluster.upstreams.values():
-        up.gate.set()
-    outcomes = await asyncio.gather(*tasks)
     served = [o for o in outcomes if isinstance(o, str)]
     refused = [o for o in outcomes if isinstance(o, openai.RateLimitError)]
     assert served == [REPLY] * 5
@@ -180,11 +188,9 @@ async def test_a_streamed_burst_across_three_replicas_admits_what_the_cap_holds(
     # Settling gave back what was not used: a second burst gets exactly that room.
     room = int((RESERVED.cost_usd * 5.5 - spent) / RESERVED.cost_usd + 1e-9)
     assert room >= 2
-    before = cluster.upstream_requests()
-    tasks = [asyncio.create_task(one(i)) for i in range(9)]
-    outcomes = await asyncio.gather(*tasks)
+    outcomes, held, _ = await burst(9)
+    assert held == room
     assert sum(isinstance(o, str) for o in outcomes) == room
-    assert cluster.upstream_requests() - before == room
 
 
 async def _spent(cluster: Cluster, tenant: str, expected: float) -> bool:
