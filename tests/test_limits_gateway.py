@@ -25,10 +25,15 @@ import aiohttp
 import openai
 import pytest
 
+from gateway.app import create_app
+from gateway.auth import KeyStore
+from gateway.errors import StartupError
 from gateway.limits.config import ReservationPolicy
 from gateway.limits.estimate import estimate_request
+from gateway.settings import load_settings
 from gateway.state import LIMITS
 from tests.fake_upstream import Behavior
+from tests.gateway_harness import ROOT, start_gateway
 from tests.limits_gateways import Cluster, free_port, start_cluster, wait_ready
 from tests.redis_server import RedisServer
 from translator.registry import Pricing
@@ -462,3 +467,55 @@ async def test_kamiwaza_serve_reloads_on_sighup_and_a_killed_replica_leaks_nothi
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+# -- one replica, counters in process -------------------------------------------------
+
+
+async def test_without_redis_one_replica_limits_in_process(
+    tmp_path: Path, fake_upstream: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    limits = tmp_path / "limits.yaml"
+    limits.write_text("version: v1\ntenants:\n  globex: {requests_per_minute: 2}\n")
+    caplog.set_level(logging.WARNING, logger="kamiwaza.gateway")
+    gw = await start_gateway(tmp_path, fake_upstream, settings_overrides={"limits": str(limits)})
+    try:
+        assert any("correct for a single replica only" in r.getMessage() for r in caplog.records)
+        client = openai.AsyncOpenAI(api_key=gw.keys["globex"], base_url=gw.base_url, max_retries=0)
+        gw.clients.append(client)
+        for left in ("1", "0"):
+            raw = await client.chat.completions.with_raw_response.create(
+                model="m", messages=MESSAGES
+            )
+            assert raw.headers["x-ratelimit-remaining-requests"] == left
+        with pytest.raises(openai.RateLimitError) as info:
+            await client.chat.completions.create(model="m", messages=MESSAGES)
+        assert info.value.code == "rate_limit_exceeded"
+        # Another tenant (no entry, no defaults) is not limited: no headers.
+        other = openai.AsyncOpenAI(api_key=gw.keys["acme"], base_url=gw.base_url, max_retries=0)
+        gw.clients.append(other)
+        raw = await other.chat.completions.with_raw_response.create(model="m", messages=MESSAGES)
+        assert not [h for h in raw.headers if h.startswith("x-ratelimit")]
+    finally:
+        await gw.close()
+    assert sum(gw.upstream_requests().values()) == 3
+
+
+def test_a_bad_limits_file_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    limits = tmp_path / "limits.yaml"
+    limits.write_text("version: v1\ndefaults:\n  usd_per_day: lots\n")
+    KeyStore.load(tmp_path / "keys.json", missing_ok=True).create(tenant="acme")
+    settings = load_settings(
+        overrides={
+            "policy": str(ROOT / "policies" / "routing.yaml"),
+            "keys": str(tmp_path / "keys.json"),
+            "limits": str(limits),
+            "allow_unconfigured_endpoints": True,
+        },
+        environ={},
+    )
+    with pytest.raises(StartupError) as info:
+        create_app(settings, environ={})
+    assert str(info.value) == (
+        f"limits: {limits}:3:16: defaults.usd_per_day: expected a number, got a string"
+    )

@@ -13,17 +13,19 @@
     reservation = await stage.reserve(identity, decision.route, request.body, request.operation)
     try:
         result = ...                            # complete or stream; add reservation.headers
-        await stage.finish(reservation, result.usage, result.cost_usd)
-    finally:                                    # every attempt failed, or the client left
-        if not reservation.done:
-            await asyncio.shield(stage.finish(reservation, None, 0.0))
+    finally:                                    # settle; or release (every attempt failed)
+        stage.finish_soon(reservation, result.usage if result else None, cost)
 
-`finish` never raises: the answer has gone. A replica killed in between leaves
-a reservation that expires by itself.
+`finish` never raises: the answer has gone. `finish_soon` runs it in a task of
+its own (the answer does not wait for the round trip; a cancelled request
+cannot interrupt it; `close` waits for it). gateway/pipeline/limiting.py is the
+pipeline's side. A replica killed in between leaves a reservation that expires
+by itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,11 +49,15 @@ class LimitsStage:
     def __init__(self, limiter: LimitsBackend, registry: Registry) -> None:
         self.limiter = limiter
         self.registry = registry
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.limiter.start()
 
     async def close(self) -> None:
+        """Wait for the settlements still running, then release the store."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
         await self.limiter.close()
 
     def reload(self) -> LimitsConfig:
@@ -92,6 +98,18 @@ class LimitsStage:
     def pricing(self, endpoint: str) -> Pricing | None:
         found = self.registry.endpoints.get(endpoint)
         return found.pricing if found is not None else None
+
+    def finish_soon(self, reservation: Reservation, usage: Usage | None, cost_usd: float) -> None:
+        """`finish` in a task of its own: the answer does not wait for the store's
+        round trip, and a cancelled request cannot interrupt it. `close` waits."""
+        task = asyncio.ensure_future(self.finish(reservation, usage, cost_usd))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    @property
+    def settling(self) -> int:
+        """Settlements started and not yet done."""
+        return len(self._settling)
 
     async def finish(self, reservation: Reservation, usage: Usage | None, cost_usd: float) -> None:
         """Settle at the real use, or release when nothing was used."""

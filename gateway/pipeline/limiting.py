@@ -11,7 +11,8 @@ The pipeline (:mod:`gateway.pipeline.stages`) calls, when a limits file is set
   RateLimitedError (429, nothing forwarded) or, the store being down in
   fail-closed mode, a LimitsUnavailableError (503, nothing forwarded);
 - ``held.served(result)`` when the answer or stream has ended, and
-  ``await held.close()`` in a `finally`: settle at the final usage, or release.
+  ``held.close()`` in a `finally`: settle at the final usage, or release
+  (in a task of its own, so that the answer does not wait for the store).
 
 What the limiter did is in the audit record's `limits` object::
 
@@ -28,8 +29,6 @@ through while the store was unreachable (fail-open) has ``{"enforced": false}``.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,8 +44,6 @@ from gateway.limits.stage import LimitsStage
 from gateway.pipeline.context import RequestContext
 from gateway.policy import Decision
 from gateway.providers.usage import Usage
-
-log = logging.getLogger("gateway.pipeline")
 
 
 async def add_budget(limits: LimitsStage | None, identity: Identity, doc: dict[str, Any]) -> None:
@@ -104,19 +101,19 @@ class Held:
                 basis="estimate" if usage.estimated else "usage",
             )
 
-    async def close(self) -> None:
+    def close(self) -> None:
         """Settle at the served result's usage; else (every attempt failed, the
-        client left, a cancellation) at what was streamed, or release. Shielded:
-        a second cancellation cannot leave the reservation held."""
+        client left, a cancellation) at what was streamed, or release. In a task
+        of its own (LimitsStage.finish_soon): the answer does not wait for the
+        store, and a cancellation cannot leave the reservation held."""
         if self._closed or self.limits is None or self.reservation is None:
             return
         self._closed = True
         usage, cost = self._final()
         if self.result is None:
             self._note(usage, cost)
-        if self.reservation.done:
-            return
-        await asyncio.shield(self.limits.finish(self.reservation, usage, cost))
+        if not self.reservation.done:
+            self.limits.finish_soon(self.reservation, usage, cost)
 
     def _final(self) -> tuple[Usage | None, float]:
         if self.result is not None:

@@ -207,7 +207,7 @@ class Pipeline:
             err.headers.update(decision_headers(decision))
             raise
         finally:
-            await held.close()  # settle, or release what was not used
+            held.close()  # settle, or release what was not used (in the background)
 
     def answer(
         self, ctx: RequestContext, decision: Decision, result: ForwardResult
