@@ -31,7 +31,7 @@ from gateway.errors import StartupError
 from gateway.limits.config import ReservationPolicy
 from gateway.limits.estimate import estimate_request
 from gateway.settings import load_settings
-from gateway.state import LIMITS
+from gateway.state import LIMITS, METRICS
 from tests.fake_upstream import Behavior
 from tests.gateway_harness import ROOT, start_gateway
 from tests.limits_gateways import Cluster, free_port, start_cluster, wait_ready
@@ -481,6 +481,8 @@ async def test_without_redis_one_replica_limits_in_process(
     gw = await start_gateway(tmp_path, fake_upstream, settings_overrides={"limits": str(limits)})
     try:
         assert any("correct for a single replica only" in r.getMessage() for r in caplog.records)
+        # Refusals, spend and remaining budget go to the gateway's metrics.
+        assert gw.app[LIMITS].limiter.observer is gw.app[METRICS].limits
         client = openai.AsyncOpenAI(api_key=gw.keys["globex"], base_url=gw.base_url, max_retries=0)
         gw.clients.append(client)
         for left in ("1", "0"):
