@@ -37,6 +37,7 @@ from tests.processes import free_port
 from tests.redis_server import RedisServer
 from translator.pipeline import compile_policy, write_output
 
+ADMINS = {"nearcap": ("admin",)}
 TENANTS = ("burst", "rpm", "tpm", "nousage", "nearcap", "killed", "outage", "shape")
 
 
@@ -173,7 +174,11 @@ async def start_cluster(
     (workdir / "routing.yaml").write_text((ROOT / "policies" / "routing.yaml").read_text())
     (workdir / "endpoints.yaml").write_text(registry_yaml(upstreams))
     store = KeyStore.load(workdir / "keys.json", missing_ok=True)
-    keys = {tenant: store.create(tenant=tenant, user="u-1")[1] for tenant in TENANTS}
+    keys = {
+        # nearcap may ask POST /v1/route/explain (an admin key).
+        tenant: store.create(tenant=tenant, user="u-1", roles=ADMINS.get(tenant, ()))[1]
+        for tenant in TENANTS
+    }
     settings = load_settings(overrides={"policy": str(workdir / "routing.yaml")}, environ={})
     _, files = compile_policy(
         str(workdir / "routing.yaml"),

@@ -339,6 +339,17 @@ async def test_a_tenant_near_its_cap_is_routed_to_the_cheaper_endpoint(cluster: 
     assert first.headers["x-kamiwaza-endpoint"] == "anthropic"
     assert first.headers["x-kamiwaza-rule"] == "default"
     await until(lambda: _released(cluster, "nearcap"), "the first request settled")
+    # The dry run sees the budget as the request will.
+    async with aiohttp.ClientSession() as http:
+        auth = {"Authorization": f"Bearer {cluster.keys['nearcap']}"}
+        async with http.post(
+            gw.url("/v1/route/explain"), json={"headers": auth, "body": BODY}, headers=auth
+        ) as resp:
+            explained = await resp.json()
+    budget = explained["input"]["budget"]
+    assert budget["limit"] == "tenant.usd_per_day"
+    assert 0 < budget["remaining_share"] < 0.1
+    assert explained["decision"]["rule"]["name"] == "near-budget-cap"
     second = await client.chat.completions.with_raw_response.create(
         model="m", messages=MESSAGES, max_tokens=MAX_TOKENS
     )
