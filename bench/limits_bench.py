@@ -7,12 +7,15 @@ measures the three together, and reserve + settle alone, with:
 1. Redis on loopback (a redis-server started here on a free port, one client
    as one replica has): one EVALSHA per call, sequential requests, then
    concurrent ones (16 in flight) to see the store under a burst;
-2. the in-process backend (one replica only).
+2. the in-process backend (one replica only);
+3. through the gateway (bench/limits_gateway_bench.py): `kamiwaza serve`
+   without limits, with in-process limits and with Redis limits, the same
+   request round robin; the difference of the medians is what the limiter adds.
 
 The subject has a tenant, key and user limit (4 + 1 + 1 limits checked) and a
 spend limit high enough never to refuse. Figures are printed, never asserted.
 
-    .venv/bin/python bench/limits_bench.py [--requests 3000]
+    .venv/bin/python bench/limits_bench.py [--requests 3000] [--gateway-requests 1000]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.limits_gateway_bench import through_gateway  # noqa: E402
 from gateway.limits.backend import LimitsBackend  # noqa: E402
 from gateway.limits.config import parse_limits  # noqa: E402
 from gateway.limits.estimate import estimate_request  # noqa: E402
@@ -120,6 +124,9 @@ async def _report(name: str, make: Callable[[], Awaitable[LimitsBackend]], reque
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument(
+        "--gateway-requests", type=int, default=1000, help="per gateway; 0: skip the gateways"
+    )
     args = parser.parse_args(argv)
     config = parse_limits(LIMITS, "bench-limits.yaml")
     print(f"limiter cost per request; subject with {6} limits (tenant 4, key 1, user 1)")
@@ -141,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                 await _report("in-process", memory_limits, args.requests)
 
             asyncio.run(run())
+            if args.gateway_requests:
+                work = Path(tmp) / "gateways"
+                work.mkdir()
+                for line in through_gateway(work, server.url, args.gateway_requests):
+                    print(line)
         finally:
             server.stop()
     return 0

@@ -33,6 +33,8 @@ from gateway.errors import (
 )
 from gateway.forwarding import BreakerPolicy, Forwarder
 from gateway.fronts import ChatFront, Front, all_fronts
+from gateway.limits.factory import LimitsSetupError, build_limits
+from gateway.limits.stage import LimitsStage
 from gateway.pipeline import Pipeline, request_middleware
 from gateway.policy import PolicyClient
 from gateway.policy_reload import reloader_ctx
@@ -53,6 +55,7 @@ from gateway.state import (
     AUTHENTICATOR,
     COMPILED,
     FORWARDER,
+    LIMITS,
     METRICS,
     OBSERVERS,
     PIPELINE,
@@ -137,8 +140,14 @@ def create_app(
     metrics.watch_breakers(forwarder)
     observers = [audit.write, metrics.observe]
     observers.append(AccessLog().observe)
+    limits = _limits(settings, registry, metrics, environ)
     pipeline = Pipeline(
-        settings, authenticator=authenticator, forwarder=forwarder, audit=audit, observers=observers
+        settings,
+        authenticator=authenticator,
+        forwarder=forwarder,
+        audit=audit,
+        observers=observers,
+        limits=limits,
     )
     fronts = all_fronts()
     by_path: dict[str, Front] = {path: front for front in fronts for path in front.paths}
@@ -158,6 +167,9 @@ def create_app(
     app[TRACING] = tracing
     app[PIPELINE] = pipeline
     app[POLICY_STATE] = PolicyState(settings.policy_source)
+    if limits is not None:
+        app[LIMITS] = limits
+        app.cleanup_ctx.append(_limits_ctx)
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.extend(
         [_audit_ctx, _policy_ctx, policy_state_ctx, reloader_ctx, forwarder.cleanup_ctx, _auth_ctx]
@@ -205,6 +217,30 @@ def _adapters(
             log.warning("endpoint unavailable: %s", err)
             unavailable[endpoint.name] = str(err)
     return adapters, unavailable
+
+
+def _limits(
+    settings: Settings,
+    registry: Registry,
+    metrics: GatewayMetrics,
+    environ: Mapping[str, str] | None,
+) -> LimitsStage | None:
+    """The per-tenant limiter the settings describe (None: no `limits` file)."""
+    try:
+        limiter = build_limits(settings, environ=environ, observer=metrics.limits)
+    except LimitsSetupError as err:
+        raise StartupError(f"limits: {err}") from err
+    if limiter is None:
+        return None
+    if limiter.shared:
+        log.info("limits: %s, counters in Redis (shared by every replica)", settings.limits)
+    else:
+        log.warning(
+            "limits: %s, counters in this process: correct for a single replica only "
+            "(set limits_redis_url to share them)",
+            settings.limits,
+        )
+    return LimitsStage(limiter, registry)
 
 
 def _metrics(settings: Settings, environ: Mapping[str, str] | None) -> GatewayMetrics:
@@ -304,6 +340,16 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
             await sidecar.stop()
         if runtime_dir is not None:
             shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+async def _limits_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Redis down at start-up is not fatal: the limiter fails closed (or open) per request.
+    limits = app[LIMITS]
+    await limits.start()
+    try:
+        yield
+    finally:
+        await limits.close()
 
 
 async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:

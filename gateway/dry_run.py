@@ -28,9 +28,10 @@ from gateway.auth import Identity
 from gateway.errors import BadRequestError, GatewayError, PermissionDeniedError, UpstreamError
 from gateway.fronts import Front, all_fronts
 from gateway.metadata import RequestMetadata, opa_input, resolve_metadata
+from gateway.pipeline.limiting import add_budget
 from gateway.policy import Decision
 from gateway.server import read_body
-from gateway.state import AUTHENTICATOR, FORWARDER, POLICY, SETTINGS
+from gateway.state import AUTHENTICATOR, FORWARDER, LIMITS, POLICY, SETTINGS
 
 DRY_RUN_PREFIX = "dry-run-"
 DEFAULT_PATH = "/v1/chat/completions"
@@ -161,6 +162,8 @@ async def dry_run(
     )
     doc["input"] = input_doc
     try:
+        # The remaining budget a policy may route on, as the request would see it.
+        await add_budget(app.get(LIMITS), identity, input_doc)
         decision = await app[POLICY].decide(input_doc)
         refusals = await app[POLICY].guard_refusals(input_doc)
     except GatewayError as err:

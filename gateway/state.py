@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.auth import Authenticator
 from gateway.forwarding import Forwarder
+from gateway.limits.stage import LimitsStage
 from gateway.policy import PolicyClient
 from gateway.settings import Settings
 from observability.audit import AuditRecord
@@ -34,6 +35,8 @@ AUDIT = web.AppKey("audit", AuditPipeline)
 PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline")
 COMPILED = web.AppKey("compiled", dict)  # path -> text of the compiled policy files
 RELOADS = web.AppKey("reloads", set)  # keeps SIGHUP reload tasks referenced
+# Per-tenant rate limits and budgets; set only when the `limits` setting names a file.
+LIMITS = web.AppKey("limits", LimitsStage)
 # Called with every finished model request's audit record (audit spool, metrics,
 # access log). Observers run on the request path: they must not block or raise.
 RecordObserver = Callable[[AuditRecord], None]

@@ -73,6 +73,9 @@ class AuditRecord:
     # The shadow policy's {revision, route_to, rule} when it decided otherwise
     # (`shadow_policy`); left out of the record when it agreed or none is loaded.
     shadow: dict[str, Any] | None = None
+    # What the per-tenant limiter did (gateway/pipeline/limiting.py): reserved and
+    # settled cost, or the limit that refused it; left out without a limits file.
+    limits: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # dataclasses.asdict deep-copies every value (~0.25 ms a record); the
@@ -89,6 +92,8 @@ class AuditRecord:
         ]
         if self.shadow is None:
             del doc["shadow"]
+        if self.limits is None:
+            del doc["limits"]
         return doc
 
     def to_json(self) -> str:

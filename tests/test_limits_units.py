@@ -4,6 +4,7 @@ the error bodies, and `kamiwaza budgets` without Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -480,3 +481,31 @@ async def test_a_tenant_without_limits_costs_no_round_trip() -> None:
     assert reservation.headers == {}
     await limiter.settle(reservation, 2, 1.0, estimated=False)
     assert await limiter.remaining_share(Subject("acme")) is None
+
+
+async def test_a_settlement_in_the_background_is_awaited_at_close() -> None:
+    from gateway.limits.stage import LimitsStage
+    from gateway.providers.usage import Usage
+    from translator.registry import Registry
+
+    gate = asyncio.Event()
+
+    class Slow(InProcessLimits):
+        async def _settle(self, *args):  # type: ignore[no-untyped-def]
+            await gate.wait()  # the store is slow to answer
+            return await super()._settle(*args)
+
+    limits = parse_limits("version: v1\ndefaults: {usd_per_day: 1.0}\n", "limits.yaml")
+    limiter = Slow(limits)
+    stage = LimitsStage(limiter, Registry("endpoints.yaml", {}))
+    reservation = await limiter.reserve(Subject("acme"), Estimate(10, 10, 0.5))
+    stage.finish_soon(reservation, Usage(10, 5), 0.2)
+    assert stage.settling == 1
+    closing = asyncio.ensure_future(stage.close())
+    await asyncio.sleep(0)  # let close() start waiting
+    assert not closing.done()
+    gate.set()
+    await closing
+    assert stage.settling == 0
+    [state] = await limiter.status(Subject("acme"))
+    assert state.used == pytest.approx(0.2)

@@ -32,8 +32,10 @@ from gateway.errors import (
 from gateway.forwarding import Forwarder, ForwardResult, ForwardTrace
 from gateway.forwarding.transport import ClientGone, write_tail
 from gateway.fronts.base import Front, ModelRequest
+from gateway.limits.stage import LimitsStage
 from gateway.metadata import BODY_FIELD, opa_input, resolve_metadata
 from gateway.pipeline.context import RequestContext
+from gateway.pipeline.limiting import Held, add_budget, reserve
 from gateway.pipeline.record import (
     fill_decision,
     fill_identity,
@@ -64,12 +66,14 @@ class Pipeline:
         forwarder: Forwarder,
         audit: AuditPipeline,
         observers: Sequence[Observer],
+        limits: LimitsStage | None = None,
     ) -> None:
         self.settings = settings
         self.authenticator = authenticator
         self.forwarder = forwarder
         self.audit = audit
         self.observers = observers
+        self.limits = limits  # per-tenant limits (gateway.pipeline.limiting); None: off
         # Set when the OPA client is open (gateway.app's policy context).
         self.policy: PolicyClient | None = None
 
@@ -140,17 +144,17 @@ class Pipeline:
         assert ctx.meta is not None
         if self.policy is None:
             raise PolicyUnavailableError("the policy client is not running")
-        decision = await self.policy.decide(
-            opa_input(
-                ctx.identity,
-                ctx.meta,
-                operation=request.operation,
-                model=request.model,
-                request_id=ctx.request_id,
-                path=ctx.request.path,
-                stream=request.stream,
-            )
+        doc = opa_input(
+            ctx.identity,
+            ctx.meta,
+            operation=request.operation,
+            model=request.model,
+            request_id=ctx.request_id,
+            path=ctx.request.path,
+            stream=request.stream,
         )
+        await add_budget(self.limits, ctx.identity, doc)
+        decision = await self.policy.decide(doc)
         ctx.decision = decision
         fill_decision(ctx.record, decision)
         if decision.deny:
@@ -186,6 +190,7 @@ class Pipeline:
                 return web.json_response(
                     local, headers=routing_headers(ctx.request_id, decision, "")
                 )
+        held = await reserve(self.limits, ctx, request, decision)  # 429 / 503: nothing sent
         try:
             if not request.stream:
                 result = await self.forwarder.complete(
@@ -195,11 +200,14 @@ class Pipeline:
                     client_headers=ctx.request.headers,
                     trace=trace,
                 )
-                return self.answer(ctx, decision, result)
-            return await self.stream(ctx, decision, call, codec_for, trace)
+                held.served(result)
+                return held.label(self.answer(ctx, decision, result))
+            return await self.stream(ctx, decision, call, codec_for, trace, held=held)
         except UpstreamError as err:
             err.headers.update(decision_headers(decision))
             raise
+        finally:
+            held.close()  # settle, or release what was not used (in the background)
 
     def answer(
         self, ctx: RequestContext, decision: Decision, result: ForwardResult
@@ -221,6 +229,8 @@ class Pipeline:
         call: Call,
         codec_for: Callable[[ProviderAdapter], Codec | None],
         trace: ForwardTrace,
+        *,
+        held: Held,
     ) -> web.StreamResponse:
         """A streamed answer: frames as they come, the record before the end."""
         response: web.StreamResponse | None = None
@@ -233,6 +243,7 @@ class Pipeline:
                     "Content-Type": "text/event-stream",
                     "Cache-Control": "no-cache",
                     **routing_headers(ctx.request_id, decision, endpoint),
+                    **held.headers,
                 },
             )
             await response.prepare(ctx.request)
@@ -248,6 +259,7 @@ class Pipeline:
         )
         assert response is not None
         fill_result(ctx.record, result)
+        held.served(result)
         self.note_translation(ctx, result.endpoint)
         ctx.record.status = response.status
         # Durable before the client sees the end: a crash after this loses nothing.
