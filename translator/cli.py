@@ -354,9 +354,10 @@ def _warn_unread(
     input_doc: dict[str, Any], text: str, source: str, ir: Any, rego_dirs: Sequence[str]
 ) -> None:
     """W005 on stderr for each input field that nothing in the policy reads."""
+    from translator.ir import input_path
     from translator.lint import read_paths, rego_files, unread_input_warnings
 
-    conditions = (c.path for b in ir.branches for c in b.conditions)
+    conditions = (input_path(c) for b in ir.branches for c in b.conditions)
     reads = read_paths(conditions, rego_files(rego_dirs))
     lines = text.splitlines()
     for diagnostic in unread_input_warnings(input_doc, text, source, reads):
