@@ -73,6 +73,10 @@ class AuditRecord:
     # The shadow policy's {revision, route_to, rule} when it decided otherwise
     # (`shadow_policy`); left out of the record when it agreed or none is loaded.
     shadow: dict[str, Any] | None = None
+    # What endpoint health changed in the route: {"skipped": [...], "moved": [...]},
+    # each entry {endpoint, reason, detail, values} with the observed values that
+    # decided it (docs/health.md); left out when health changed nothing.
+    health: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # dataclasses.asdict deep-copies every value (~0.25 ms a record); the
@@ -89,6 +93,8 @@ class AuditRecord:
         ]
         if self.shadow is None:
             del doc["shadow"]
+        if self.health is None:
+            del doc["health"]
         return doc
 
     def to_json(self) -> str:

@@ -32,6 +32,8 @@ from gateway.errors import (
 from gateway.forwarding import Forwarder, ForwardResult, ForwardTrace
 from gateway.forwarding.transport import ClientGone, write_tail
 from gateway.fronts.base import Front, ModelRequest
+from gateway.health.monitor import HealthMonitor
+from gateway.health.stage import add_health_input, note_decision
 from gateway.metadata import BODY_FIELD, opa_input, resolve_metadata
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.record import (
@@ -72,6 +74,7 @@ class Pipeline:
         self.observers = observers
         # Set when the OPA client is open (gateway.app's policy context).
         self.policy: PolicyClient | None = None
+        self.health: HealthMonitor | None = None  # gateway.health; None: off
 
     def handler(self, front: Front) -> Callable[[web.Request], Any]:
         """The aiohttp handler of `front`'s paths."""
@@ -140,19 +143,20 @@ class Pipeline:
         assert ctx.meta is not None
         if self.policy is None:
             raise PolicyUnavailableError("the policy client is not running")
-        decision = await self.policy.decide(
-            opa_input(
-                ctx.identity,
-                ctx.meta,
-                operation=request.operation,
-                model=request.model,
-                request_id=ctx.request_id,
-                path=ctx.request.path,
-                stream=request.stream,
-            )
+        doc = opa_input(
+            ctx.identity,
+            ctx.meta,
+            operation=request.operation,
+            model=request.model,
+            request_id=ctx.request_id,
+            path=ctx.request.path,
+            stream=request.stream,
         )
+        add_health_input(self.health, doc)
+        decision = await self.policy.decide(doc)
         ctx.decision = decision
         fill_decision(ctx.record, decision)
+        note_decision(self.health, decision, ctx.record)
         if decision.deny:
             no_route = all(reason.startswith("no route") for reason in decision.deny)
             raise PermissionDeniedError(
