@@ -375,3 +375,44 @@ endpoints:
         "'10.0.0.5:8000/metrics'"
     ]
     assert registry.endpoints["gpu-b"].options["metrics_url"] == "http://10.0.0.6:8000/metrics"
+
+
+# -- kamiwaza stats -------------------------------------------------------------
+
+
+def test_stats_count_what_health_changed() -> None:
+    from datetime import UTC, datetime
+
+    from observability.stats import compute
+    from observability.stats_render import render_table
+
+    def rec(n: int, health: Any) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "request_id": f"r{n}",
+            "timestamp": "2026-12-02T10:00:00Z",
+            "status": 200,
+            "endpoint": "private-gpu-b",
+            "latency_ms": {"total": 10.0},
+        }
+        if health is not None:
+            doc["health"] = health
+        return doc
+
+    moved = {"skipped": [], "moved": [{"endpoint": "private-gpu", "reason": "lagging"}]}
+    capped = {
+        "skipped": [{"endpoint": "anthropic", "reason": "cost_cap"}],
+        "moved": [{"endpoint": "private-gpu", "reason": "lagging"}],
+    }
+    records = [rec(1, moved), rec(2, capped), rec(3, None), rec(4, {"moved": "junk"})]
+    summary = compute(records, datetime(2026, 12, 2, tzinfo=UTC), datetime(2026, 12, 3, tzinfo=UTC))
+    assert summary["health"] == [
+        {"endpoint": "private-gpu", "reason": "lagging", "requests": 2},
+        {"endpoint": "anthropic", "reason": "cost_cap", "requests": 1},
+    ]
+    table = render_table(summary)
+    assert table.endswith(
+        "Endpoint health (endpoints skipped or moved behind their fallbacks)\n"
+        "endpoint     reason    requests\n"
+        "private-gpu  lagging          2\n"
+        "anthropic    cost_cap         1\n"
+    )

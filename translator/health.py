@@ -30,7 +30,7 @@ from translator.model import (
     StringCondition,
 )
 from translator.registry import Registry
-from translator.source import LMap, LNode
+from translator.source import LMap, LNode, LScalar
 from translator.validate import Collector
 
 # The observed values a lagging condition may test (docs/health.md says what
@@ -107,6 +107,8 @@ def _choice(out: Collector, section: LMap, key: str, allowed: tuple[str, ...], d
     node = section.get(key)
     if node is None:
         return default
+    if "off" in allowed and isinstance(node, LScalar) and node.value is False:
+        return "off"  # YAML reads a bare `off` (or `no`, `false`) as false
     value = out.expect_str(node, f"'health.{key}'")
     if value is None:
         return default
