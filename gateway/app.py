@@ -33,6 +33,8 @@ from gateway.errors import (
 )
 from gateway.forwarding import BreakerPolicy, Forwarder
 from gateway.fronts import ChatFront, Front, all_fronts
+from gateway.health.stage import attach as attach_health
+from gateway.health.stage import build_health
 from gateway.limits.factory import LimitsSetupError, build_limits
 from gateway.limits.stage import LimitsStage
 from gateway.pipeline import Pipeline, request_middleware
@@ -149,6 +151,10 @@ def create_app(
         observers=observers,
         limits=limits,
     )
+    pipeline.health = monitor = build_health(settings, registry, forwarder)
+    if monitor is not None:
+        metrics.health.watch(monitor.snapshot)
+        monitor.on_transition.append(metrics.health.transition)
     fronts = all_fronts()
     by_path: dict[str, Front] = {path: front for front in fronts for path in front.paths}
 
@@ -174,6 +180,7 @@ def create_app(
     app.cleanup_ctx.extend(
         [_audit_ctx, _policy_ctx, policy_state_ctx, reloader_ctx, forwarder.cleanup_ctx, _auth_ctx]
     )
+    attach_health(app, monitor, registry, settings.health_scrape_interval_s)
     for front in fronts:
         for path in front.paths:
             app.router.add_post(path, pipeline.handler(front))

@@ -54,6 +54,9 @@ class Decision:
     revision: str | None
     elapsed_ms: float = 0.0
     shadow: ShadowDecision | None = None
+    # What endpoint health did to the route (rego/kamiwaza/health): skipped, moved,
+    # verdicts; None when the policy has no health section.
+    health: dict[str, Any] | None = None
 
     @property
     def route(self) -> list[str]:
@@ -164,6 +167,7 @@ def parse_decision(doc: Any, decision_id: Any, elapsed_ms: float) -> Decision:
             revision=_opt_str(doc, "revision", ""),
             elapsed_ms=elapsed_ms,
             shadow=_shadow_of(doc),
+            health=_health_of(doc),
         )
     except _Malformed as err:
         raise PolicyUnavailableError(
@@ -181,6 +185,25 @@ def _shadow_of(doc: dict[str, Any]) -> ShadowDecision | None:
     except TypeError as err:
         log.warning("OPA returned a malformed shadow decision (%s); ignored", err)
         return None
+
+
+def _health_of(doc: dict[str, Any]) -> dict[str, Any] | None:
+    # The report explains the route, it does not make it (route_to and fallback
+    # do): a malformed one is dropped, not a 503.
+    health = doc.get("health")
+    if not isinstance(health, dict):
+        if health is not None:
+            log.warning("OPA returned a malformed health report; ignored")
+        return None
+    ok = all(
+        isinstance(entries := health.get(key, []), list)
+        and all(isinstance(e, dict) and isinstance(e.get("endpoint"), str) for e in entries)
+        for key in ("skipped", "moved")
+    )
+    if not ok or not isinstance(health.get("verdicts", {}), dict):
+        log.warning("OPA returned a malformed health report; ignored")
+        return None
+    return health
 
 
 class PolicyClient:

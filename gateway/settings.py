@@ -117,6 +117,15 @@ class Settings:
     tenant_floors: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     breaker_failures: int = 5
     breaker_cooldown_s: float = 30.0
+    # Endpoint health from this replica's own traffic (gateway/health; README
+    # "Endpoint health"): the rolling window, how long a lagging endpoint is held
+    # before it is judged again, the share of requests that may probe it then,
+    # and how often self-hosted servers' `metrics_url` is scraped.
+    health: bool = True
+    health_window_s: float = 60.0
+    health_cooldown_s: float = 30.0
+    health_probe_share: float = 0.05
+    health_scrape_interval_s: float = 10.0
     jwt: JwtSettings | None = None
     log_level: str = "info"  # debug | info | warning | error (warning: no access log)
     log_format: str = "plain"  # plain | json (one JSON object per line)
@@ -154,6 +163,13 @@ class Settings:
     def classes_data(self) -> dict[str, Any]:
         """`data.kamiwaza.classes` for OPA (translator.classes)."""
         return classes_data(self.data_classes, self.in_vpc_data_classes)
+
+
+def _share(value: Any, where: str) -> float:
+    number = _float(value, where)
+    if not 0 < number <= 1:
+        raise SettingsError(f"{where}: must be a share above 0 and at most 1, got {number}")
+    return number
 
 
 def _int(value: Any, where: str, minimum: int = 0) -> int:
@@ -331,6 +347,11 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "tenant_floors": _str_map,
     "breaker_failures": lambda v, w: _int(v, w, minimum=1),
     "breaker_cooldown_s": _float,
+    "health": _bool,
+    "health_window_s": _positive,
+    "health_cooldown_s": _float,
+    "health_probe_share": _share,
+    "health_scrape_interval_s": _positive,
     "jwt": _jwt,
     "log_level": lambda v, w: _choice(v, w, ("debug", "info", "warning", "error")),
     "log_format": lambda v, w: _choice(v, w, ("plain", "json")),

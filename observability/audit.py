@@ -76,6 +76,10 @@ class AuditRecord:
     # What the per-tenant limiter did (gateway/pipeline/limiting.py): reserved and
     # settled cost, or the limit that refused it; left out without a limits file.
     limits: dict[str, Any] | None = None
+    # What endpoint health changed in the route: {"skipped": [...], "moved": [...]},
+    # each entry {endpoint, reason, detail, values} with the observed values that
+    # decided it (docs/health.md); left out when health changed nothing.
+    health: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # dataclasses.asdict deep-copies every value (~0.25 ms a record); the
@@ -94,6 +98,8 @@ class AuditRecord:
             del doc["shadow"]
         if self.limits is None:
             del doc["limits"]
+        if self.health is None:
+            del doc["health"]
         return doc
 
     def to_json(self) -> str:

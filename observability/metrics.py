@@ -92,6 +92,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 
 from observability.audit import AuditRecord
+from observability.health_metrics import HealthMetrics
 from observability.limit_metrics import LimitMetrics
 from observability.otlp import otlp_target, read_otlp_env
 
@@ -436,6 +437,9 @@ class GatewayMetrics:
             meter, counter, enabled=enabled, cardinality_limit=cardinality_limit
         )
 
+        # Endpoint health (gateway/health): gauges from its snapshot, reroutes from records.
+        self.health = HealthMetrics(meter, counter, enabled=enabled)
+
         # Gauges and counters read from other components at each export.
         meter.create_observable_gauge(
             "kamiwaza.gateway.circuit_breaker.state",
@@ -533,6 +537,8 @@ class GatewayMetrics:
             self.policy_duration.record(policy / 1000, {"rule": rule})
             decision = "deny" if record.deny else "route"
             self.decisions.add((rule, label(record.route_to), decision), 1)
+        if record.health is not None:
+            self.health.observe_record(record.health)
         if record.shadow is not None:
             self.shadow_disagreements.add((rule, rule_label(record.shadow.get("rule"), None)), 1)
         ttft = latency.get("ttft")

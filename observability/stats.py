@@ -11,7 +11,10 @@ rather than estimated from histogram buckets, for one time window:
 - by tenant: requests, input and output tokens and cost in USD;
 - by rule: requests, their share (overrides as "override:<name>"), tokens, cost;
 - failovers: moves from one endpoint of a route to the next, by the endpoint
-  left and its error.
+  left and its error;
+- endpoint health: requests whose route health changed (the record's `health`),
+  by the endpoint skipped or moved behind its fallbacks and the reason
+  (`lagging`, `latency_budget`, `cost_cap`).
 
 Labels follow the metrics exactly (observability.metrics.label/rule_label), so
 the numbers agree with what Prometheus computes for the same traffic: counts,
@@ -277,6 +280,7 @@ def compute(
     rules: dict[str, _Usage] = {}
     operations: dict[str, _Usage] = {}
     failovers: dict[tuple[str, str], int] = {}
+    health: dict[tuple[str, str], int] = {}
     total = errors = 0
     for record in records:
         total += 1
@@ -315,6 +319,7 @@ def compute(
                 failovers[key] = failovers.get(key, 0) + 1
                 endpoints.setdefault(left, _Endpoint()).failovers += 1
             previous = attempt
+        _count_health(record.get("health"), health)
 
     endpoint_rows = []
     for name, ep in sorted(endpoints.items()):
@@ -361,4 +366,20 @@ def compute(
                 failovers.items(), key=lambda kv: (-kv[1], kv[0])
             )
         ],
+        "health": [
+            {"endpoint": endpoint, "reason": reason, "requests": count}
+            for (endpoint, reason), count in sorted(health.items(), key=lambda kv: (-kv[1], kv[0]))
+        ],
     }
+
+
+def _count_health(report: Any, counts: dict[tuple[str, str], int]) -> None:
+    """A record's `health`: each endpoint it skipped or moved, with the reason."""
+    if not isinstance(report, Mapping):
+        return
+    for key in ("skipped", "moved"):
+        entries = report.get(key)
+        for entry in entries if isinstance(entries, list) else ():
+            if isinstance(entry, Mapping):
+                pair = (label(entry.get("endpoint")), label(entry.get("reason")))
+                counts[pair] = counts.get(pair, 0) + 1

@@ -97,6 +97,13 @@ def render_table(summary: Mapping[str, Any]) -> str:
             [[r["endpoint"], r["reason"], str(r["count"])] for r in summary["failovers"]],
             numeric_from=2,
         )
+    if summary.get("health"):
+        out += ["", "Endpoint health (endpoints skipped or moved behind their fallbacks)"]
+        out += _table(
+            ["endpoint", "reason", "requests"],
+            [[r["endpoint"], r["reason"], str(r["requests"])] for r in summary["health"]],
+            numeric_from=2,
+        )
     return "\n".join(out) + "\n"
 
 

@@ -107,6 +107,8 @@ class FakeUpstream:
         self._hangers: set[asyncio.Event] = set()
         self.embedding_dimensions = 16  # when the request names no `dimensions`
         self.max_client_batch_size: int | None = None  # TEI's limit (None: no limit)
+        # GET /metrics: a vLLM-style Prometheus exposition (None: 404).
+        self.metrics_text: str | None = None
 
     @property
     def url(self) -> str:
@@ -119,6 +121,7 @@ class FakeUpstream:
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/v1/responses", self._responses)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
         # handler_cancellation: a client that goes away cancels the handler at
         # once, which is how the fake observes the gateway's cancellation.
         self._runner, self.port = await serve_app(app, self.host, handler_cancellation=True)
@@ -155,6 +158,11 @@ class FakeUpstream:
         await asyncio.wait_for(self.stream_cancelled.wait(), timeout)
 
     # -- handlers -------------------------------------------------------------
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics_text is None:
+            raise web.HTTPNotFound()
+        return web.Response(text=self.metrics_text, content_type="text/plain")
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response(

@@ -55,7 +55,13 @@ EMBEDDINGS = frozenset({"private-embeddings", "openai-embeddings"})
 GENERATION = "chat, messages, responses"
 
 
-def registry_yaml(upstreams: dict[str, FakeUpstream], *, first_token_ms: int = 2000) -> str:
+def registry_yaml(
+    upstreams: dict[str, FakeUpstream],
+    *,
+    first_token_ms: int = 2000,
+    scraped: frozenset[str] = frozenset(),
+) -> str:
+    """`scraped`: endpoints whose fake's GET /metrics is their `metrics_url`."""
     lines = ["endpoints:"]
     for name in ENDPOINT_NAMES:
         up = upstreams[name]
@@ -66,6 +72,11 @@ def registry_yaml(upstreams: dict[str, FakeUpstream], *, first_token_ms: int = 2
             f"    base_url: {up.url}",
             f"    model: model-of-{name}",
             f"    in_vpc: {'true' if IN_VPC[name] else 'false'}",
+            *(
+                [f"    metrics_url: {up.url.removesuffix('/v1')}/metrics"]
+                if name in scraped
+                else []
+            ),
             f"    operations: [{'embeddings' if name in EMBEDDINGS else GENERATION}]",
             f"    auth: {{bearer_token_env: {token_env(name)}}}",
             f"    pricing: {{input_per_1k: {price_in:.6f}, output_per_1k: {price_out:.6f}}}",
@@ -146,6 +157,7 @@ async def start_gateway(
     tracing: GatewayTracing | None = None,
     limits: ServerLimits | None = None,
     environ: dict[str, str] | None = None,
+    scraped: frozenset[str] = frozenset(),
 ) -> Gateway:
     upstreams = {}
     for name in ENDPOINT_NAMES:
@@ -156,7 +168,9 @@ async def start_gateway(
         shutil.copy(ROOT / "policies" / "routing.yaml", workdir / "routing.yaml")
     else:
         (workdir / "routing.yaml").write_text(policy)
-    (workdir / "endpoints.yaml").write_text(registry_yaml(upstreams, first_token_ms=first_token_ms))
+    (workdir / "endpoints.yaml").write_text(
+        registry_yaml(upstreams, first_token_ms=first_token_ms, scraped=scraped)
+    )
     store = KeyStore.load(workdir / "keys.json", missing_ok=True)
     keys = {
         "acme": store.create(tenant="enterprise-acme", user="u-17", roles=["analyst"])[1],

@@ -243,7 +243,7 @@ EMBEDDING_RULES_NO_MATCH = (
 def test_explain_names_rule_conditions_and_values(workdir: Path, opa_bin: str) -> None:
     code, out, err = explain(
         "--input",
-        '{"tenant": "enterprise-acme", "latency_budget_ms": 500, "cost_cap_per_1k": 0.001}',
+        '{"tenant": "enterprise-acme", "latency_budget_ms": 500, "cost_cap_per_1k": 0.0015}',
     )
     assert (code, err) == (0, "")
     assert out.splitlines() == [
@@ -259,7 +259,7 @@ def test_explain_names_rule_conditions_and_values(workdir: Path, opa_bin: str) -
         '      ok   tenant == "enterprise-acme"   actual: "enterprise-acme"',
         "      FAIL latency_budget_ms < 400   actual: 500",
         "  #4 cost-capped -> bedrock: MATCH  (routing.yaml:28)",
-        "      ok   cost_cap_per_1k < 0.002   actual: 0.001",
+        "      ok   cost_cap_per_1k < 0.002   actual: 0.0015",
         "  (1 later rule(s) not reached: first match wins)",
     ]
 

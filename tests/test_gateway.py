@@ -50,7 +50,7 @@ async def routed(
     [
         ("acme", {"X-Data-Class": "pii-restricted"}, "private-gpu", "pii-on-prem"),
         ("acme", {"X-Latency-Budget-Ms": "300"}, "anthropic", "acme-low-latency"),
-        ("globex", {"X-Cost-Cap-Per-1k": "0.001"}, "bedrock", "cost-capped"),
+        ("globex", {"X-Cost-Cap-Per-1k": "0.0015"}, "bedrock", "cost-capped"),
         ("acme", {"X-Latency-Budget-Ms": "400"}, "anthropic", "default"),
         ("globex", {}, "anthropic", "default"),
         # The tenant's floor raises the class: hospital's requests are always PII.
@@ -411,7 +411,7 @@ async def test_client_disconnect_mid_stream_cancels_upstream(gw: Gateway) -> Non
 
 async def test_every_request_leaves_exactly_one_audit_record(gw: Gateway) -> None:
     await routed(gw, "acme", headers={"X-Data-Class": "pii-restricted"})
-    await routed(gw, "globex", headers={"X-Cost-Cap-Per-1k": "0.001"})
+    await routed(gw, "globex", headers={"X-Cost-Cap-Per-1k": "0.0015"})
     with pytest.raises(openai.BadRequestError):
         await routed(gw, "acme", headers={"X-Latency-Budget-Ms": "soon"})
     records = await gw.audit_records()

@@ -58,9 +58,9 @@ TRAFFIC: list[tuple[str, dict[str, str], bool, str]] = [
     ("globex", {}, True, "hello as a stream"),
     ("globex", {"X-Latency-Budget-Ms": "900"}, False, "hello again with a budget"),
     # cost-capped: bedrock fails (500, no fallback) twice, then its circuit is open.
-    ("globex", {"X-Cost-Cap-Per-1k": "0.001"}, False, "cheap one"),
-    ("globex", {"X-Cost-Cap-Per-1k": "0.001"}, False, "cheap two"),
-    ("globex", {"X-Cost-Cap-Per-1k": "0.001"}, False, "cheap three"),
+    ("globex", {"X-Cost-Cap-Per-1k": "0.0015"}, False, "cheap one"),
+    ("globex", {"X-Cost-Cap-Per-1k": "0.0015"}, False, "cheap two"),
+    ("globex", {"X-Cost-Cap-Per-1k": "0.0015"}, False, "cheap three"),
     # An override routes to private-gpu only: its circuit is open, 503.
     ("globex", {"X-Labels": "legal_hold=true"}, False, "held"),
     ("globex", {"X-Labels": '{"export_control": "embargoed"}'}, False, "denied"),  # 403
@@ -421,6 +421,8 @@ LABELS = {
     "kamiwaza_gateway_upstream_attempts_total": {"endpoint", "outcome"},
     "kamiwaza_gateway_failovers_total": {"endpoint", "reason"},
     "kamiwaza_gateway_circuit_breaker_state": {"endpoint"},
+    "kamiwaza_endpoint_health_state": {"endpoint"},
+    "kamiwaza_endpoint_health_p95_latency_ms": {"endpoint"},
     "kamiwaza_audit_spool_depth": {"sink"},
     "kamiwaza_audit_shipping_lag_seconds": {"sink"},
     "kamiwaza_audit_shipped_total": {"sink"},

@@ -55,6 +55,12 @@ rules:
       route_to: anthropic
 """
 
+# The base: the example policy without its cost-cap enforcement (health.cost_cap),
+# which would refuse the capped requests below that its default cannot meet.
+EXAMPLE_BASE = (
+    (ROOT / "policies" / "routing.yaml").read_text().replace("cost_cap: enforce", "cost_cap: off")
+)
+
 # (tenant key, headers) sent in this order; what the base and candidate decide.
 TRAFFIC: list[tuple[str, dict[str, str]]] = [
     ("globex", {}),  # 0: default -> anthropic, both
@@ -130,7 +136,7 @@ async def recorded(
 ) -> tuple[Gateway, list[str]]:
     """Real traffic through a gateway on the example policy, its OPA stopped (so
     every decision-log event is shipped) when the fixture returns."""
-    gw = await start_gateway(tmp_path, fake_upstream)
+    gw = await start_gateway(tmp_path, fake_upstream, policy=EXAMPLE_BASE)
     try:
         ids = await send(gw, http)
     finally:
@@ -250,7 +256,10 @@ async def test_shadow_policy_disagreements_reach_audit_metrics_and_the_report(
     candidate = tmp_path / "candidate.yaml"
     candidate.write_text(CANDIDATE)
     gw = await start_gateway(
-        tmp_path, fake_upstream, settings_overrides={"shadow_policy": str(candidate)}
+        tmp_path,
+        fake_upstream,
+        policy=EXAMPLE_BASE,
+        settings_overrides={"shadow_policy": str(candidate)},
     )
     reader = InMemoryMetricReader()
     metrics = GatewayMetrics([reader])

@@ -219,6 +219,7 @@ def test_json(audit_dir: Path) -> None:
              "cost_usd": 3.3e-05},
         ],
         "failovers": [{"endpoint": "private-gpu-b", "reason": "connect_error", "count": 1}],
+        "health": [],
     }  # fmt: skip
 
 

@@ -32,7 +32,9 @@ from translator.errors import (
     did_you_mean,
     warning,
 )
+from translator.health import check_endpoint_health, check_health
 from translator.model import (
+    HEALTH_PREFIX,
     LABEL_PREFIX,
     MATCH_FIELDS,
     Condition,
@@ -51,7 +53,7 @@ from translator.source import Document, LMap, LNode, LScalar, LSeq, plain
 from translator.validate import Collector
 
 SUPPORTED_VERSIONS = ("v1",)
-TOP_KEYS = ("version", "description", "rules", "tests")
+TOP_KEYS = ("version", "description", "rules", "health", "tests")
 RULE_KEYS = ("name", "description", "match", "route_to", "fallback")
 DEFAULT_KEYS = ("route_to", "fallback")
 TEST_KEYS = ("name", "input", "expect")
@@ -73,6 +75,7 @@ INPUT_FIELDS: Mapping[str, tuple[tuple[type, ...], str]] = {
     "labels": _MAPPING,
     "request": _MAPPING,
     "budget": _MAPPING,
+    "health": _MAPPING,  # the gateway's observed endpoint health (docs/health.md)
 }
 USER_FIELDS = ("id", "roles")
 # The limiter's `budget` object (gateway/limits/opa.py).
@@ -130,10 +133,11 @@ class _PolicyChecker:
         declared: set[str] = set()
         if rules_node is not None and (seq := self.out.expect_seq(rules_node, "'rules'")):
             rules, default, declared = self._check_rules(seq)
+        health = check_health(self.out, root, self._check_number_condition)
         tests_node = root.get("tests")
         if tests_node is not None and (seq := self.out.expect_seq(tests_node, "'tests'")):
             tests = self._check_tests(seq, declared)
-        return Policy(self.doc.path, tuple(rules), default, tuple(tests))
+        return Policy(self.doc.path, tuple(rules), default, tuple(tests), health)
 
     def _check_version(self, root: LMap) -> None:
         node = root.get("version")
@@ -299,6 +303,9 @@ class _PolicyChecker:
                 )
                 return None
             return self._check_string_condition(field, node)
+        if field.startswith(HEALTH_PREFIX):
+            condition = self._check_string_condition(field, node)
+            return condition and check_endpoint_health(self.out, condition, self.registry)
         kind = MATCH_FIELDS.get(field)
         if kind is None:
             self.out.err(
@@ -306,7 +313,8 @@ class _PolicyChecker:
                 f"unknown match key '{field}'",
                 pos,
                 did_you_mean(field, MATCH_FIELDS)
-                or f"match keys: {', '.join(MATCH_FIELDS)}, labels.<key>",
+                or f"match keys: {', '.join(MATCH_FIELDS)}, labels.<key>, "
+                "endpoint_health.<endpoint>",
             )
             return None
         if kind is FieldKind.STRING:
@@ -351,8 +359,10 @@ class _PolicyChecker:
         globs = tuple(v for v in unique if "*" in v)
         return StringCondition(field, unique, literals, globs, as_list, node.pos)
 
-    def _check_number_condition(self, field: str, node: LNode) -> NumberCondition | None:
-        what = f"match key '{field}'"
+    def _check_number_condition(
+        self, field: str, node: LNode, what: str | None = None
+    ) -> NumberCondition | None:
+        what = what or f"match key '{field}'"
         value = node.value if isinstance(node, LScalar) else None
         if isinstance(value, int | float) and not isinstance(value, bool):
             if not math.isfinite(value):

@@ -309,9 +309,15 @@ def _read_input(raw: str) -> tuple[dict[str, Any], str, str]:
 @click.option(
     "--input",
     "input_arg",
-    required=True,
     help="Input document: inline JSON, a file path, @file, or - for stdin.",
 )
+@click.option(
+    "--from-decision-log",
+    "log_file",
+    type=click.Path(dir_okay=False),
+    help="Replay a logged decision: an OPA decision log event (or JSON lines of them).",
+)
+@click.option("--decision-id", help="With --from-decision-log: the event to replay.")
 @_endpoints_option
 @_rego_option
 @_overrides_option
@@ -319,19 +325,32 @@ def _read_input(raw: str) -> tuple[dict[str, Any], str, str]:
 def explain_cmd(
     *,
     path: str,
-    input_arg: str,
+    input_arg: str | None,
+    log_file: str | None,
+    decision_id: str | None,
     endpoints: str | None,
     rego_dir: str | None,
     overrides_dirs: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Evaluate the policy at PATH for one input with OPA and explain the decision."""
+    """Evaluate the policy at PATH for one input with OPA and explain the decision.
+
+    With --from-decision-log, the input is a logged decision's, and the replay is
+    compared with the decision logged (exit 1 when they differ)."""
     from translator.emit import emit_explain
     from translator.explain import render_explanation
     from translator.opa import default_rego_dir, evaluate
     from translator.pipeline import write_output
 
-    input_doc, input_text, input_source = _read_input(input_arg)
+    if (input_arg is None) == (log_file is None):
+        _fail_usage("give one of --input and --from-decision-log")
+    logged = None
+    if log_file is not None:
+        logged = _read_logged(log_file, decision_id)
+        input_doc, input_text, input_source = logged.input, json.dumps(logged.input), log_file
+    else:
+        assert input_arg is not None
+        input_doc, input_text, input_source = _read_input(input_arg)
     result, files = _compile_or_exit(path, endpoints)
     with tempfile.TemporaryDirectory(prefix="kamiwaza-policy-") as tmp:
         write_output({**files, **emit_explain(result.ir)}, tmp)
@@ -343,20 +362,56 @@ def explain_cmd(
             both = evaluate(paths, query, input_doc) or {"decision": None, "trace": None}
         except OpaError as err:
             _fail_usage(str(err))
-    _warn_unread(input_doc, input_text, input_source, result.ir, paths[1:])
+    if logged is None:
+        _warn_unread(input_doc, input_text, input_source, result.ir, paths[1:])
     if as_json:
         click.echo(json.dumps(both["decision"], indent=2, sort_keys=True))
+    else:
+        click.echo(render_explanation(both["decision"], both["trace"]))
+    if logged is not None:
+        _report_replay(logged, both["decision"])
+
+
+def _read_logged(log_file: str, decision_id: str | None) -> Any:
+    from translator.replay import ReplayError, read_logged_decision
+
+    try:
+        text = Path(log_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        _fail_usage(f"--from-decision-log: cannot read {log_file}: {err}")
+    try:
+        return read_logged_decision(text, decision_id)
+    except ReplayError as err:
+        _fail_usage(f"--from-decision-log {log_file}: {err}")
+
+
+def _report_replay(logged: Any, replayed: Any) -> None:
+    """On stderr: whether the replay gave the logged decision (exit 1 if not)."""
+    from translator.replay import differences
+
+    which = f" (decision id {logged.decision_id})" if logged.decision_id else ""
+    changed = differences(logged.result, replayed)
+    if not changed:
+        click.echo(f"replayed: the same decision as logged{which}", err=True)
         return
-    click.echo(render_explanation(both["decision"], both["trace"]))
+    click.echo(
+        f"replayed: DIFFERENT from the logged decision{which}: {', '.join(changed)}", err=True
+    )
+    if isinstance(logged.result, dict) and isinstance(replayed, dict):
+        for key in changed:
+            click.echo(f"  {key}: logged {json.dumps(logged.result.get(key))}", err=True)
+            click.echo(f"  {key}: replayed {json.dumps(replayed.get(key))}", err=True)
+    sys.exit(EXIT_POLICY)
 
 
 def _warn_unread(
     input_doc: dict[str, Any], text: str, source: str, ir: Any, rego_dirs: Sequence[str]
 ) -> None:
     """W005 on stderr for each input field that nothing in the policy reads."""
+    from translator.ir import input_path
     from translator.lint import read_paths, rego_files, unread_input_warnings
 
-    conditions = (c.path for b in ir.branches for c in b.conditions)
+    conditions = (input_path(c) for b in ir.branches for c in b.conditions)
     reads = read_paths(conditions, rego_files(rego_dirs))
     lines = text.splitlines()
     for diagnostic in unread_input_warnings(input_doc, text, source, reads):

@@ -16,7 +16,7 @@ import jinja2
 
 from translator import rego
 from translator.classes import classes_data
-from translator.ir import IRBranch, IRCondition, IRPolicy, IRTest
+from translator.ir import IRBranch, IRCondition, IRPolicy, IRTest, subject_root
 
 POLICY_PACKAGE = "kamiwaza.policy"
 # Where a candidate policy is compiled to be decided beside the live one (the
@@ -86,6 +86,7 @@ def emit_rules(ir: IRPolicy, package: str = POLICY_PACKAGE) -> str:
         branches=[_branch_view(b) for b in ir.branches],
         default=_branch_view(ir.default) if ir.default else None,
         any_helper=ir.uses_any_helper,
+        health=rego.value(ir.health) if ir.health is not None else None,
     )
 
 
@@ -126,7 +127,7 @@ def emit_explain(ir: IRPolicy) -> dict[str, str]:
                     field=rego.string(c.field),
                     op=rego.string(c.report_op),
                     expected=rego.value(c.report_expected),
-                    actual=f"object.get(input, {rego.value(list(c.path))}, null)",
+                    actual=f"object.get({subject_root(c.field)}, {rego.value(list(c.path))}, null)",
                     rule=f"_explain_{b.index}_{n}",
                     body=tuple(_body(c)),
                 )
@@ -178,14 +179,14 @@ def _record(c: IRCondition) -> str:
         "{"
         + f'"field": {rego.string(c.field)}, "op": {rego.string(c.report_op)}, '
         + f'"expected": {rego.value(c.report_expected)}, '
-        + f'"actual": {rego.ref("input", c.path)}, "result": true'
+        + f'"actual": {rego.ref(subject_root(c.field), c.path)}, "result": true'
         + "}"
     )
 
 
 def _body(c: IRCondition) -> list[str]:
     lines: list[str] = []
-    subject = rego.ref("input", c.path)
+    subject = rego.ref(subject_root(c.field), c.path)
     if c.any_element:
         # Bound per branch: each else-branch body is its own scope.
         lines.append(f"some element in {subject}")

@@ -12,7 +12,9 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from translator.health import health_data
 from translator.model import (
+    HEALTH_PREFIX,
     LABEL_PREFIX,
     Condition,
     DefaultRule,
@@ -34,6 +36,19 @@ _PATHS: dict[str, tuple[str, ...]] = {
 }
 # Match keys whose input value is a list, any element of which may match.
 _ANY_ELEMENT = frozenset({"user_role"})
+# `endpoint_health.<endpoint>` reads the endpoint's status as the health package
+# judges it, not the input: its path is under this root.
+HEALTH_STATUS_ROOT = "data.kamiwaza.health.status"
+
+
+def subject_root(field: str) -> str:
+    """Where a condition's path starts: `input`, or the health status map."""
+    return HEALTH_STATUS_ROOT if field.startswith(HEALTH_PREFIX) else "input"
+
+
+def input_path(c: IRCondition) -> tuple[str, ...]:
+    """What a condition reads of the input document."""
+    return ("health",) if c.field.startswith(HEALTH_PREFIX) else c.path
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +102,8 @@ class IRPolicy:
     default: IRBranch | None
     tests: tuple[IRTest, ...]
     revision: str
+    # The `health:` section as the generated module exports it (None: absent).
+    health: dict[str, Any] | None = None
 
     @property
     def uses_any_helper(self) -> bool:
@@ -100,21 +117,19 @@ def lower(policy: Policy, registry_data: dict[str, Any]) -> IRPolicy:
     tests = tuple(
         IRTest(t.name, f"{policy.path}:{t.pos.line}", t.input, t.expect) for t in policy.tests
     )
+    health = health_data(policy.health) if policy.health else None
     digest = hashlib.sha256()
-    # The revision names the routing behaviour: rules, default and the registry
-    # facts that guards read; tests do not change what gets admitted.
-    digest.update(
-        json.dumps(
-            {
-                "branches": [asdict(b) for b in branches],
-                "default": asdict(default) if default else None,
-                "endpoints": registry_data,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        ).encode()
-    )
-    return IRPolicy(policy.path, branches, default, tests, "sha256:" + digest.hexdigest())
+    # The revision names the routing behaviour: rules, default, health section and
+    # the registry facts that guards read; tests do not change what gets admitted.
+    behaviour: dict[str, Any] = {
+        "branches": [asdict(b) for b in branches],
+        "default": asdict(default) if default else None,
+        "endpoints": registry_data,
+    }
+    if health is not None:  # absent: the revisions of policies without one stay as they were
+        behaviour["health"] = health
+    digest.update(json.dumps(behaviour, sort_keys=True, separators=(",", ":")).encode())
+    return IRPolicy(policy.path, branches, default, tests, "sha256:" + digest.hexdigest(), health)
 
 
 def _lower_branch(path: str, rule: Rule | DefaultRule) -> IRBranch:
@@ -132,6 +147,8 @@ def _lower_branch(path: str, rule: Rule | DefaultRule) -> IRBranch:
 def _lower_condition(c: Condition) -> IRCondition:
     if c.field.startswith(LABEL_PREFIX):
         path: tuple[str, ...] = ("labels", c.field[len(LABEL_PREFIX) :])
+    elif c.field.startswith(HEALTH_PREFIX):
+        path = (c.field[len(HEALTH_PREFIX) :],)
     else:
         path = _PATHS[c.field]
     any_element = c.field in _ANY_ELEMENT

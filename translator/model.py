@@ -31,6 +31,10 @@ MATCH_FIELDS: dict[str, FieldKind] = {
     "budget_remaining_share": FieldKind.NUMBER,
 }
 LABEL_PREFIX = "labels."
+# `endpoint_health.<endpoint>: lagging`: the endpoint's health for this request,
+# as rego/kamiwaza/health judges it (string semantics, values HEALTH_STATUSES).
+HEALTH_PREFIX = "endpoint_health."
+HEALTH_STATUSES = ("healthy", "lagging", "probing")
 
 COMPARISON_OPS = ("<=", ">=", "==", "!=", "<", ">")
 
@@ -91,8 +95,21 @@ class PolicyTest:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """The policy's `health:` section (translator/health.py checks it)."""
+
+    lagging: tuple[NumberCondition, ...]  # an endpoint lags while any holds
+    min_samples: int
+    latency_budget: str  # enforce | off
+    cost_cap: str  # enforce | off
+    when_none_healthy: str  # try_best | refuse
+    pos: Position
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     path: str
     rules: tuple[Rule, ...]
     default: DefaultRule | None
     tests: tuple[PolicyTest, ...]
+    health: HealthConfig | None = None

@@ -42,7 +42,9 @@ COMMON_FIELDS = (
 # Fields each type adds, and which of all its fields it requires.
 TYPE_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        "openai-compatible": ("flavor",),
+        # metrics_url: the server's own Prometheus metrics, scraped for endpoint
+        # health (vLLM and TGI serve /metrics on their API port).
+        "openai-compatible": ("flavor", "metrics_url"),
         "openai": ("organization", "project"),
         "anthropic": ("anthropic_version", "max_tokens_default"),
         "bedrock": (
@@ -76,6 +78,7 @@ ENUM_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 INTEGER_FIELDS = ("max_tokens_default",)
+URL_FIELDS = ("metrics_url",)
 
 # Credentials are never written in the registry itself: only the names of the
 # environment variables or files that hold them.
@@ -265,6 +268,13 @@ def _check_endpoint(out: Collector, name: str, node: LNode, key_pos: Position) -
             continue
         text = out.expect_str(value_node, f"{where}: '{key}'")
         if text is None:
+            continue
+        if key in URL_FIELDS and not re.match(r"^https?://[^/\s]+", text):
+            out.err(
+                BAD_VALUE,
+                f"{where}: '{key}' must be an http:// or https:// URL, got '{text}'",
+                value_node.pos,
+            )
             continue
         if key in ENUM_FIELDS and text not in ENUM_FIELDS[key]:
             out.err(

@@ -78,6 +78,8 @@ class Exchange:
         self.headers = headers
         self.proxy = proxy
         self.max_response_bytes = max_response_bytes
+        # Told of each response's headers (endpoint health reads rate-limit headroom).
+        self.response_observers: list[Callable[[str, Mapping[str, str]], None]] = []
 
     async def send(
         self,
@@ -91,7 +93,7 @@ class Exchange:
         session = target.session
         if session is None:
             raise RuntimeError("Forwarder.start() was not awaited")
-        return await session.request(
+        resp = await session.request(
             request.method,
             request.url,
             data=request.body,
@@ -99,6 +101,12 @@ class Exchange:
             allow_redirects=False,
             proxy=self.proxy,
         )
+        for observe in self.response_observers:
+            try:
+                observe(target.endpoint.name, resp.headers)
+            except Exception:
+                log.exception("response observer %r failed", observe)
+        return resp
 
     @staticmethod
     async def prepare(target: Target, codec: Codec, call: Call) -> list[UpstreamRequest]:

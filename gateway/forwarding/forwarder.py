@@ -55,8 +55,11 @@ log = logging.getLogger("gateway.forwarding")
 
 # Picks the codec for one endpoint's adapter (the front decides: native or bridged).
 CodecFor = Callable[[ProviderAdapter], Codec | None]
-# Told of every finished attempt: (endpoint, attempt, failure or None, ttft ms or None).
+# Told of every finished attempt: (endpoint, attempt, failure or None, ttft ms or
+# None: a stream's first frame, from this attempt's start).
 AttemptObserver = Callable[[str, Attempt, AttemptFailure | None, float | None], None]
+# Told of every attempt about to be sent (endpoint); each ends with an AttemptObserver call.
+AttemptStarter = Callable[[str], None]
 
 
 class Forwarder:
@@ -110,6 +113,9 @@ class Forwarder:
         self._targets: dict[str, Target] = {}
         self.unavailable: dict[str, str] = dict(unavailable or {})
         self.observers: list[AttemptObserver] = []
+        self.starters: list[AttemptStarter] = []
+        # Told of every upstream response's headers: (endpoint, headers).
+        self.response_observers = self._exchange.response_observers
         for endpoint in endpoints:
             if endpoint.name in self.unavailable:
                 continue
@@ -279,6 +285,8 @@ class Forwarder:
         last: AttemptFailure | None = None
         for target, codec in self._candidates(route, codec_for, trace):
             attempt_start = time.perf_counter()
+            offset_ms = (attempt_start - started) * 1000.0
+            self._started_attempt(target.endpoint.name)
             try:
                 outcome, status = await (
                     once(target, codec, started)
@@ -295,6 +303,7 @@ class Forwarder:
                     error=CLIENT_DISCONNECTED,
                     started=attempt_start,
                     failure=None,
+                    offset_ms=offset_ms,
                 )
                 raise ClientDisconnectedError(trace) from gone.__cause__
             except BaseException as exc:
@@ -313,6 +322,7 @@ class Forwarder:
                 error=failure.code if failure else None,
                 started=attempt_start,
                 failure=failure,
+                offset_ms=offset_ms,
             )
             if failure is not None:
                 self._log_failure(call.request_id, target, failure, status)
@@ -322,6 +332,13 @@ class Forwarder:
             if not outcome.retryable:
                 break
         raise self._final_error(last, trace, route)
+
+    def _started_attempt(self, name: str) -> None:
+        for begin in self.starters:
+            try:
+                begin(name)
+            except Exception:
+                log.exception("attempt starter %r failed", begin)
 
     @staticmethod
     async def _traced(
@@ -404,10 +421,15 @@ class Forwarder:
         error: str | None,
         started: float,
         failure: AttemptFailure | None,
+        offset_ms: float = 0.0,
     ) -> None:
+        """`offset_ms`: when this attempt started, from the first attempt's start."""
         attempt = Attempt(target.endpoint.name, status, error, ms(started))
         trace.attempts.append(attempt)
-        ttft = trace.ttft_ms if trace.endpoint == target.endpoint.name else None
+        ttft = None
+        if trace.endpoint == target.endpoint.name and trace.ttft_ms is not None:
+            # trace.ttft_ms counts from the first attempt's start: this attempt's part.
+            ttft = round(max(0.0, trace.ttft_ms - offset_ms), 3)
         for observe in self.observers:
             try:
                 observe(target.endpoint.name, attempt, failure, ttft)

@@ -32,6 +32,8 @@ from gateway.errors import (
 from gateway.forwarding import Forwarder, ForwardResult, ForwardTrace
 from gateway.forwarding.transport import ClientGone, write_tail
 from gateway.fronts.base import Front, ModelRequest
+from gateway.health.monitor import HealthMonitor
+from gateway.health.stage import add_health_input, note_decision
 from gateway.limits.stage import LimitsStage
 from gateway.metadata import BODY_FIELD, opa_input, resolve_metadata
 from gateway.pipeline.context import RequestContext
@@ -76,6 +78,7 @@ class Pipeline:
         self.limits = limits  # per-tenant limits (gateway.pipeline.limiting); None: off
         # Set when the OPA client is open (gateway.app's policy context).
         self.policy: PolicyClient | None = None
+        self.health: HealthMonitor | None = None  # gateway.health; None: off
 
     def handler(self, front: Front) -> Callable[[web.Request], Any]:
         """The aiohttp handler of `front`'s paths."""
@@ -154,9 +157,11 @@ class Pipeline:
             stream=request.stream,
         )
         await add_budget(self.limits, ctx.identity, doc)
+        add_health_input(self.health, doc)
         decision = await self.policy.decide(doc)
         ctx.decision = decision
         fill_decision(ctx.record, decision)
+        note_decision(self.health, decision, ctx.record)
         if decision.deny:
             no_route = all(reason.startswith("no route") for reason in decision.deny)
             raise PermissionDeniedError(

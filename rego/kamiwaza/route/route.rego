@@ -9,6 +9,8 @@ package kamiwaza.route
 
 import rego.v1
 
+import data.kamiwaza.health
+
 # METADATA
 # title: Routing decision
 # description: |
@@ -20,8 +22,14 @@ decision := object.union(_decision, {"shadow": _shadow}) if {
 	_shadow
 } else := _decision
 
-# The decision of the live policy (data.kamiwaza.policy).
-_decision := {
+# The decision of the live policy (data.kamiwaza.policy); with a `health:`
+# section it reports what endpoint health changed (kamiwaza.health).
+_decision := object.union(_core, {"health": _arranged.report}) if {
+	health.configured
+	_arranged.report != null
+} else := _core
+
+_core := {
 	"route_to": null,
 	"fallback": [],
 	"rule": _rule,
@@ -32,8 +40,8 @@ _decision := {
 } if {
 	count(deny) > 0
 } else := {
-	"route_to": _route.route_to,
-	"fallback": _fallback,
+	"route_to": _arranged.route[0],
+	"fallback": array.slice(_arranged.route, 1, count(_arranged.route)),
 	"rule": _rule,
 	"conditions": _conditions,
 	"overridden_by": _overridden_by,
@@ -61,6 +69,10 @@ deny contains sprintf("override %s returned a malformed route (want {\"route_to\
 	some name
 	route := data.overrides[name].route
 	not _well_formed(route)
+}
+
+deny contains msg if {
+	some msg in _arranged.deny
 }
 
 deny contains "no route: no rule matched the request and the policy has no default" if {
@@ -123,6 +135,13 @@ _fallback := [name |
 	_endpoints[name]
 	not data.kamiwaza.guards.refusals[name]
 ]
+
+# The route as health arranges it: compiled rules and the default only; a route
+# an override forces is taken as it is.
+_arranged := health.arrange(array.concat([_route.route_to], _fallback)) if {
+	health.configured
+	_overridden_by == null
+} else := {"route": array.concat([_route.route_to], _fallback), "deny": [], "report": null}
 
 # The same request decided by a candidate policy compiled under
 # data.kamiwaza.shadow (the gateway's `shadow_policy` setting), with the same
