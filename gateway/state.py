@@ -16,6 +16,7 @@ from gateway.auth import Authenticator
 from gateway.forwarding import Forwarder
 from gateway.policy import PolicyClient
 from gateway.settings import Settings
+from gateway.worker import WorkerIdentity
 from observability.audit import AuditRecord
 from observability.metrics import GatewayMetrics
 from observability.pipeline import AuditPipeline
@@ -43,3 +44,5 @@ OBSERVERS = web.AppKey("observers", list)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 # OpenTelemetry traces; always present (disabled: no tracer, no spans).
 TRACING = web.AppKey("tracing", GatewayTracing)
+# Set only in a worker process of `kamiwaza serve --workers` (gateway/worker.py).
+WORKER = web.AppKey("worker", WorkerIdentity)
