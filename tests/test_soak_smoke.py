@@ -1,5 +1,6 @@
-"""bench/soak.py must keep running: a few seconds of it, the report's shape and
-its audit check (its memory figures are read by people, not asserted)."""
+"""bench/soak.py and bench/workers_bench.py must keep running: a few seconds of
+each, the reports' shape and the soak's audit check (their figures are read by
+people, not asserted)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,23 @@ def test_slope_is_least_squares_in_mib_per_minute() -> None:
     growing = soak.summarize([(float(t), 50_000 + 1000 * t) for t in range(10)])
     assert growing["flat"] is False
     assert growing["second_half_growth_mib"] == pytest.approx(4000 / 1024)
+
+
+@pytest.mark.integration
+def test_workers_bench_runs_briefly(tmp_path: Path, opa_bin: str) -> None:
+    from bench import workers_bench
+
+    out = tmp_path / "results.json"
+    args = ["--seconds", "0.3", "--concurrency", "2", "--warmup-s", "0", "--json", str(out)]
+    assert workers_bench.main(args) == 0
+    results = json.loads(out.read_text())
+    assert sorted(results) == sorted(
+        f"{label}/{kind}" for label, *_ in workers_bench.CONFIGS for kind in ("json", "stream")
+    )
+    for name, run in results.items():
+        assert run["requests"] > 0, name
+        assert run["errors"] == 0, name
+        assert run["cpu_ms"] > 0, name
+        # Every OPA is counted: one per worker, or the one shared.
+        opas = 1 if name.startswith(("1 worker", "2 workers, OPA shared")) else 2
+        assert run["rss_opa_mib"] > opas * 10, name
