@@ -141,6 +141,7 @@ async def test_every_worker_serves_a_killed_one_is_restarted_and_each_stream_ver
                     status, request_id, _ = await _chat(http, url, key)
                     assert status == 200
                     served[request_id] = name
+        before_kill = {n: [i for i, w in served.items() if w == n] for n in ("w0", "w1")}
         for group in sessions.values():
             for http in group:
                 await http.close()
@@ -205,6 +206,27 @@ async def test_every_worker_serves_a_killed_one_is_restarted_and_each_stream_ver
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 stream(s)" in result.stdout
+    # Reconcile pairs records with decisions across the streams: each worker's
+    # OPA ships its decision log to that worker.
+    result = subprocess.run(
+        [KAMIWAZA, "audit", "reconcile", str(tmp_path / "audit" / "records"), "--format", "json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    reconciled = json.loads(result.stdout)
+    # Except for the requests the killed worker served: its OPA went with it
+    # (parent-death SIGKILL) before it shipped their decisions.
+    unmatched = sorted(row["request_id"] for row in reconciled["records_without_event"])
+    assert unmatched == sorted(before_kill[victim])
+    assert result.returncode == 1
+    assert reconciled["events_without_record"] == []
+    assert reconciled["records"] - reconciled["events"] == len(before_kill[victim])
+    # Stats read every worker's records (the shipped ones; the spools are empty).
+    result = subprocess.run(
+        [KAMIWAZA, "stats", str(tmp_path / "audit"), "--format", "json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["requests"] == len(served)
     # The restart forked w0 alone: three workers ever started, and w1 once.
     assert _log(tmp_path).count("worker w1 (pid") == 2  # serving, stopped
 
