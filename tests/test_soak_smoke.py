@@ -27,8 +27,10 @@ def test_soak_runs_briefly_with_failovers_streams_and_one_record_each(
     assert report["ok"] > 0
     assert 0 < report["streams"] < report["ok"]
     assert 0 < report["failed_over"] < report["ok"]
+    assert report["error_kinds"] == {}
     assert report["audit"] == {
         "records": report["ok"],
+        "requests": report["ok"],
         "one_per_request": True,
         "chain_ok": True,
         "streams": 1,
