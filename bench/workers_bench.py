@@ -10,7 +10,10 @@ upstream, closed loop at `--concurrency`, JSON and streamed), through:
   the workers given `--opa-url` of one OPA the bench starts, with the same Go
   runtime settings the gateway gives its sidecars.
 
-Reports req/s and p50/p99 per run, CPU per request (gateway processes and
+All the gateways are started first and then measured in rounds, each round
+running every configuration in turn (`--rounds`, the median reported), so
+that other load on the machine weighs on all alike. Reports req/s and p50/p99,
+CPU per request (gateway processes and
 OPAs together), and the RSS of the gateway processes and of the OPAs. The load
 generator runs on the same machine and takes CPU from the workers: on a small
 machine the ratio understates what more cores give.
@@ -146,9 +149,10 @@ async def run(args: argparse.Namespace) -> int:
         await wait_ready(f"http://127.0.0.1:{up_port}/")
         headers = {"Authorization": f"Bearer {key}", "X-Latency-Budget-Ms": "50"}
         print(
-            f"concurrency {args.concurrency}, {args.seconds:g} s per run, loopback, "
-            f"{os.cpu_count()} CPUs shared with the load generator"
+            f"concurrency {args.concurrency}, {args.seconds:g} s per run, median of "
+            f"{args.rounds} rounds, loopback, {os.cpu_count()} CPUs shared with the load generator"
         )
+        gateways: dict[str, tuple[Gateway, str]] = {}
         for label, workers, shared, decision_logs in CONFIGS:
             opa_url, opa_pid = None, None
             if shared:
@@ -156,26 +160,30 @@ async def run(args: argparse.Namespace) -> int:
                 opa_url = f"http://127.0.0.1:{opa_port}"
                 await wait_ready(f"{opa_url}/health")
             proc, port = await start_gateway(work, env, workers, opa_url, decision_logs)
-            gateway = Gateway(proc, workers, opa_pid)
+            procs.append(proc)
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            try:
-                if args.warmup_s:  # connection pools, OPA's caches
-                    await load(url, headers, stream=False, seconds=args.warmup_s, concurrency=4)
+            gateways[label] = Gateway(proc, workers, opa_pid), url
+            if args.warmup_s:  # connection pools, OPA's caches
+                await load(url, headers, stream=False, seconds=args.warmup_s, concurrency=4)
+        # Rounds, each running every configuration in turn: whatever else loads
+        # the machine meanwhile weighs on all of them alike; the median counts.
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for _ in range(args.rounds):
+            for label, (gateway, url) in gateways.items():
                 for stream in (False, True):
                     kind = "stream" if stream else "json"
                     r = await measure(gateway, url, headers, args, stream)
-                    results[f"{label}/{kind}"] = r
-                    show(f"{label} {kind}", r)
-                    print(
-                        f"  {'':<28} CPU {r['cpu_ms']:.2f} ms/request (gateway + OPA), RSS "
-                        f"gateway {r['rss_gateway_mib']:.0f} MiB + OPA {r['rss_opa_mib']:.0f} MiB"
-                    )
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=60)
-                if shared:
-                    procs[-1].send_signal(signal.SIGTERM)
-                    procs.pop().wait(timeout=20)
+                    runs.setdefault(f"{label}/{kind}", []).append(r)
+        for name, measured in runs.items():
+            r = sorted(measured, key=lambda m: float(m["rps"]))[len(measured) // 2]
+            r["rps_runs"] = [round(m["rps"]) for m in measured]
+            results[name] = r
+            show(name.replace("/", " "), r)
+            print(
+                f"  {'':<28} CPU {r['cpu_ms']:.2f} ms/request (gateway + OPA), RSS "
+                f"gateway {r['rss_gateway_mib']:.0f} MiB + OPA {r['rss_opa_mib']:.0f} MiB; "
+                f"req/s of each round {r['rps_runs']}"
+            )
         for kind in ("json", "stream"):
             one, two = results[f"1 worker/{kind}"], results[f"2 workers/{kind}"]
             each = results[f"2 workers, OPA each/{kind}"]
@@ -183,6 +191,7 @@ async def run(args: argparse.Namespace) -> int:
             print(
                 f"  {kind}: 2 workers / 1 worker = {two['rps'] / one['rps']:.2f}x req/s; "
                 f"OPA shared / OPA each = {shared_r['rps'] / each['rps']:.2f}x req/s, "
+                f"{shared_r['cpu_ms'] / each['cpu_ms']:.2f}x CPU per request, "
                 f"{shared_r['rss_opa_mib'] / each['rss_opa_mib']:.2f}x OPA RSS"
             )
         if args.json:
@@ -204,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--warmup-s", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3, help="runs per configuration")
     parser.add_argument("--json", default=None, help="also write results to this file")
     return asyncio.run(run(parser.parse_args(argv)))
 

@@ -60,7 +60,8 @@ def test_workers_bench_runs_briefly(tmp_path: Path, opa_bin: str) -> None:
     from bench import workers_bench
 
     out = tmp_path / "results.json"
-    args = ["--seconds", "0.3", "--concurrency", "2", "--warmup-s", "0", "--json", str(out)]
+    args = ["--seconds", "0.3", "--concurrency", "2", "--warmup-s", "0", "--rounds", "1"]
+    args += ["--json", str(out)]
     assert workers_bench.main(args) == 0
     results = json.loads(out.read_text())
     assert sorted(results) == sorted(
