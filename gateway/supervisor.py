@@ -177,11 +177,13 @@ class Supervisor:
 
     def _on_ready(self, fd: int) -> None:
         worker = next((w for w in self._workers.values() if w.ready_fd == fd), None)
+        if worker is None:  # reaped in this same wake-up: its pipe is closed already
+            return
         try:
             data = os.read(fd, 16)
         except OSError:
             data = b""
-        if worker is not None and data.startswith(READY):
+        if data.startswith(READY):
             worker.ready = True
             self._served.add(worker.identity.index)
             log.info("worker %s (pid %d) serving", worker.identity.name, worker.pid)
@@ -192,8 +194,7 @@ class Supervisor:
         # Readiness is said once; EOF (the worker exited) is the reaper's business.
         self._selector.unregister(fd)
         os.close(fd)
-        if worker is not None:
-            worker.ready_fd = -1
+        worker.ready_fd = -1
 
     def _forward(self, signum: signal.Signals) -> None:
         for pid in self._workers:
