@@ -130,3 +130,31 @@ def test_a_workers_log_lines_name_it(fmt: str) -> None:
         assert (doc["worker"], doc["logger"], doc["message"]) == ("w1", "gateway.test", "hello")
     else:
         assert line.endswith(" INFO [w1] gateway.test: hello")
+
+
+@pytest.mark.parametrize("configured", [None, "persist"])
+def test_each_workers_sidecar_persists_its_bundle_apart(
+    tmp_path: Path, configured: str | None
+) -> None:
+    from gateway.audit_config import sink_config
+    from gateway.policy_source import write_sidecar_config
+    from observability.pipeline import AuditPipeline
+
+    overrides = {
+        "policy_source": "bundle",
+        "bundle_url": "file:///srv/bundle.tar.gz",
+        "audit_dir": str(tmp_path),
+        "audit_decision_logs": "false",
+    }
+    if configured:
+        overrides["bundle_persist_dir"] = str(tmp_path / configured)
+    settings = load_settings(overrides=overrides, environ={})
+    audit = AuditPipeline.build(audit_config(settings, {}), sink_config(settings), environ={})
+    base = tmp_path / (configured or "opa")
+    dirs = []
+    for worker in (None, "w1"):
+        path = write_sidecar_config(settings, audit, str(tmp_path), worker=worker)
+        assert path is not None
+        dirs.append(json.loads(path.read_text())["persistence_directory"])
+    assert dirs == [str(base), str(base / "w1")]
+    assert (base / "w1").is_dir()
