@@ -65,12 +65,15 @@ from gateway.state import (
     REGISTRY,
     SETTINGS,
     TRACING,
+    WORKER,
 )
+from gateway.worker import WorkerIdentity
 from observability.metrics import (
     AuditPipelineSnapshot,
     GatewayMetrics,
     MetricsConfigError,
     resolve_metrics_config,
+    set_instance_attributes,
 )
 from observability.pipeline import AuditConfigError, AuditPipeline
 from observability.tracing import GatewayTracing, TracingConfigError, resolve_tracing_config
@@ -109,10 +112,14 @@ def create_app(
     environ: Mapping[str, str] | None = None,
     clock: Callable[[], float] = time.monotonic,
     tracing: GatewayTracing | None = None,
+    worker: WorkerIdentity | None = None,
 ) -> web.Application:
     """Build the gateway. Configuration problems raise StartupError here, not later.
 
-    `tracing` replaces the one the settings describe (tests: in-memory spans)."""
+    `tracing` replaces the one the settings describe (tests: in-memory spans);
+    `worker` is set in a worker process of `serve --workers` (gateway/worker.py)."""
+    if worker is not None:
+        set_instance_attributes({"kamiwaza.worker": worker.name})
     compiled: dict[str, str] = {}
     if settings.policy_source == "bundle":  # the sidecar pulls the policy (policy_source.py)
         registry = load_registry(settings)
@@ -134,7 +141,7 @@ def create_app(
     )
     try:
         audit = AuditPipeline.build(
-            audit_config(settings, environ), sink_config(settings), environ=environ
+            audit_config(settings, environ, worker=worker), sink_config(settings), environ=environ
         )
     except AuditConfigError as err:
         raise StartupError(f"audit: {err}") from err
@@ -176,6 +183,8 @@ def create_app(
     if limits is not None:
         app[LIMITS] = limits
         app.cleanup_ctx.append(_limits_ctx)
+    if worker is not None:
+        app[WORKER] = worker
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.extend(
         [_audit_ctx, _policy_ctx, policy_state_ctx, reloader_ctx, forwarder.cleanup_ctx, _auth_ctx]
@@ -307,6 +316,9 @@ async def _audit_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    worker = app.get(WORKER)
+    # Worker i > 0 of `serve --workers`: its sidecar's own log and bundle directory.
+    suffix = worker.name if worker is not None and worker.index else None
     sidecar: OpaSidecar | None = None
     runtime_dir: str | None = None
     url = settings.opa_url
@@ -320,8 +332,8 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
             sidecar = OpaSidecar(
                 opa_bin,
                 sidecar_paths(settings, runtime_dir),
-                Path(settings.audit_dir) / "opa.log",
-                config_file=write_sidecar_config(settings, app[AUDIT], runtime_dir),
+                Path(settings.audit_dir) / (f"opa-{suffix}.log" if suffix else "opa.log"),
+                config_file=write_sidecar_config(settings, app[AUDIT], runtime_dir, worker=suffix),
                 env={
                     **go_runtime_env(settings.opa_gomaxprocs, settings.opa_gogc),
                     **sidecar_settings_env(settings),

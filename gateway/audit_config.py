@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.settings import Settings, SettingsError, load_settings
+from gateway.worker import WorkerIdentity, worker_host, worker_spool_dir
 from observability.audit_reader import SourceOptions
 from observability.pipeline import AuditConfig, AuditConfigError, SinkConfig
 
@@ -35,8 +36,15 @@ def sink_config(settings: Settings) -> SinkConfig:
     )
 
 
-def audit_config(settings: Settings, environ: Mapping[str, str] | None = None) -> AuditConfig:
-    """The spool's configuration; the prompt-hash salt is read from its variable now."""
+def audit_config(
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    *,
+    worker: WorkerIdentity | None = None,
+) -> AuditConfig:
+    """The spool's configuration; the prompt-hash salt is read from its variable now.
+
+    A worker of `serve --workers` has its own spool and stream (gateway/worker.py)."""
     env = os.environ if environ is None else environ
     salt: bytes | None = None
     if settings.audit_prompt_salt_env:
@@ -48,8 +56,8 @@ def audit_config(settings: Settings, environ: Mapping[str, str] | None = None) -
             )
         salt = value.encode()
     return AuditConfig(
-        spool_dir=spool_dir(settings),
-        host=settings.audit_host or socket.gethostname(),
+        spool_dir=worker_spool_dir(spool_dir(settings), worker),
+        host=worker_host(settings.audit_host or socket.gethostname(), worker),
         prefix=settings.audit_prefix,
         spool_max_bytes=settings.audit_spool_max_bytes,
         spool_full=settings.audit_spool_full,

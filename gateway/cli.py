@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +18,10 @@ from gateway.policy_cli import diff_cmd, shadow_report_cmd
 from gateway.stats_cli import stats
 from observability.audit_cli import ConfigReader, audit
 from translator.cli import policy
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
+    from gateway.worker import WorkerIdentity
 
 
 @click.group()
@@ -64,27 +70,82 @@ main.add_command(demo_upstream)
     default=None,
     help="Start even if an endpoint's credential is missing.",
 )
+@click.option(
+    "--workers",
+    default=None,
+    help="Worker processes on the port (default 1; auto: one per CPU).",
+)
 def serve(config_file: str | None, **flags: object) -> None:
     """Run the gateway (and, unless --opa-url is given, its OPA sidecar)."""
-    from gateway import server
-    from gateway.app import create_app
-    from gateway.drain import serve
+    from gateway.audit_config import spool_dir
     from gateway.errors import ConfigError
     from gateway.logs import configure_logging
-    from gateway.reload import reload_keys_on_sighup
-    from gateway.runtime import pin_mmap_threshold
     from gateway.settings import load_settings
+    from gateway.worker import warn_orphan_spools
 
     try:
         settings = load_settings(config_file, overrides=flags)
         configure_logging(settings.log_level, settings.log_format)
-        app = create_app(settings)
     except ConfigError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
+    warn_orphan_spools(spool_dir(settings), settings.workers)
+    if settings.workers == 1:
+        sys.exit(_run_gateway(settings, port=settings.port))
+    sys.exit(_supervise(settings))
+
+
+def _supervise(settings: Settings) -> int:
+    """`serve --workers N`: the supervisor forks the workers (gateway/supervisor.py)."""
+    from gateway.supervisor import Supervisor
+
+    def run_worker(worker: WorkerIdentity, port: int, listening: Callable[[], None]) -> int:
+        return _run_gateway(settings, port=port, worker=worker, on_listening=listening)
+
+    def serving(port: int) -> None:
+        click.echo(
+            f"kamiwaza gateway on http://{settings.host}:{port} ({settings.workers} workers)",
+            err=True,
+        )
+
+    supervisor = Supervisor(settings.workers, run_worker, host=settings.host, port=settings.port)
+    try:
+        return supervisor.run(on_serving=serving)
+    except OSError as err:
+        click.echo(
+            f"error: cannot listen on {settings.host}:{settings.port}: {err.strerror or err}",
+            err=True,
+        )
+        return 1
+
+
+def _run_gateway(
+    settings: Settings,
+    *,
+    port: int,
+    worker: WorkerIdentity | None = None,
+    on_listening: Callable[[], None] | None = None,
+) -> int:
+    """Build and serve the gateway in this process until SIGTERM; its exit status."""
+    from gateway import server
+    from gateway.app import create_app
+    from gateway.drain import serve
+    from gateway.errors import ConfigError
+    from gateway.logs import tag_worker
+    from gateway.reload import reload_keys_on_sighup
+    from gateway.runtime import pin_mmap_threshold
+
+    if worker is not None:
+        tag_worker(worker.name)
+    try:
+        app = create_app(settings, worker=worker)
+    except ConfigError as err:
+        click.echo(f"error: {err}", err=True)
+        return 1
     app.on_startup.append(reload_keys_on_sighup)
     pin_mmap_threshold()
-    click.echo(f"kamiwaza gateway on http://{settings.host}:{settings.port}", err=True)
+    if worker is None:
+        click.echo(f"kamiwaza gateway on http://{settings.host}:{port}", err=True)
     # SIGTERM drains: gateway/drain.py.
     loop = _event_loop()
     try:
@@ -92,22 +153,25 @@ def serve(config_file: str | None, **flags: object) -> None:
             serve(
                 app,
                 host=settings.host,
-                port=settings.port,
+                port=port,
                 drain_timeout_s=settings.drain_timeout_s,
                 limits=server.limits_of(settings),
+                on_listening=on_listening,
+                reuse_port=worker is not None,
             )
         )
     except ConfigError as err:  # raised inside a cleanup_ctx, e.g. OPA would not start
         click.echo(f"error: {err}", err=True)
-        sys.exit(1)
+        return 1
     except OSError as err:  # e.g. the port is taken; the sidecar is already stopped
         click.echo(
-            f"error: cannot listen on {settings.host}:{settings.port}: {err.strerror or err}",
+            f"error: cannot listen on {settings.host}:{port}: {err.strerror or err}",
             err=True,
         )
-        sys.exit(1)
+        return 1
     finally:
         _close_loop(loop)
+    return 0
 
 
 def _close_loop(loop: asyncio.AbstractEventLoop) -> None:

@@ -138,10 +138,12 @@ async def serve(
     drain_timeout_s: float,
     limits: ServerLimits | None = None,
     on_listening: Callable[[], None] | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve `app` until SIGTERM/SIGINT, then drain (module docstring). With
     `limits`, on the guarded server (gateway/server.py: header, body and idle
-    timeouts, a connection cap, JSON parser errors)."""
+    timeouts, a connection cap, JSON parser errors); with `reuse_port`, on a
+    port other workers listen on too (gateway/supervisor.py)."""
     drain = Drain(drain_timeout_s)
     app[DRAIN] = drain
     app.middlewares.insert(0, drain.middleware)  # outermost: sees every request
@@ -161,7 +163,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         await site.start()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, drain.signal, signum)

@@ -64,6 +64,8 @@ LOG_FORMATS: Final = ("plain", "json")
 PLAIN_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # A record's structured fields (the access log's) ride in this attribute.
 FIELDS_ATTR: Final = "kamiwaza_fields"
+# The worker of `serve --workers` that logged a record (set by tag_worker).
+WORKER_ATTR: Final = "kamiwaza_worker"
 
 
 class JsonFormatter(logging.Formatter):
@@ -79,6 +81,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        worker = getattr(record, WORKER_ATTR, None)
+        if worker is not None:
+            doc["worker"] = worker
         fields = getattr(record, FIELDS_ATTR, None)
         if isinstance(fields, dict):
             doc.update(fields)
@@ -104,3 +109,24 @@ def configure_logging(level: str, fmt: str = "plain", stream: IO[str] | None = N
     # aiohttp's access log would be a second, unaudited record of every request;
     # the gateway writes its own (gateway.access_log).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class _WorkerFilter(logging.Filter):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.worker = name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        setattr(record, WORKER_ATTR, self.worker)
+        return True
+
+
+def tag_worker(name: str) -> None:
+    """Mark every line this process logs with its worker's name (`serve
+    --workers`): `[w1]` before the logger in plain text, `"worker"` in JSON."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerFilter(name))
+        if not isinstance(handler.formatter, JsonFormatter):
+            handler.setFormatter(
+                logging.Formatter(PLAIN_FORMAT.replace("%(name)s", f"[{name}] %(name)s"))
+            )

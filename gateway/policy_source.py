@@ -268,16 +268,23 @@ def sidecar_settings_env(settings: Settings) -> dict[str, str]:
     return sidecar_env(BundleSource.from_settings(settings))
 
 
-def write_sidecar_config(settings: Settings, audit: AuditPipeline, directory: str) -> Path | None:
+def write_sidecar_config(
+    settings: Settings, audit: AuditPipeline, directory: str, *, worker: str | None = None
+) -> Path | None:
     """The own sidecar's config file: decision log shipping (the audit
-    pipeline's) and, in bundle mode, the bundle; None: nothing to configure."""
+    pipeline's) and, in bundle mode, the bundle; None: nothing to configure.
+
+    `worker` (e.g. "w1") gives the sidecar of that worker its own persistence
+    directory below the configured one: each OPA writes its bundle there."""
     if settings.policy_source != "bundle":
         return audit.write_opa_config(directory)
     source = BundleSource.from_settings(settings)
-    if source.persist and source.persist_dir is None:
-        persist_dir = Path(settings.audit_dir).resolve() / "opa"
-        os.makedirs(persist_dir, exist_ok=True)
-        source = replace(source, persist_dir=str(persist_dir))
+    if source.persist:
+        base = source.persist_dir or Path(settings.audit_dir).resolve() / "opa"
+        persist_dir = Path(base) / worker if worker else Path(base)
+        if source.persist_dir is None or worker:
+            os.makedirs(persist_dir, exist_ok=True)
+            source = replace(source, persist_dir=str(persist_dir))
     decision_logs = audit.ingest.opa_config() if audit.ingest is not None else None
     path = Path(directory) / "opa-config.json"
     path.touch(mode=0o600)  # holds the decision log ingestion token

@@ -99,6 +99,9 @@ class Settings:
     bundle_persist_dir: str | None = None  # None: <audit_dir>/opa (own sidecar)
     bundle_verification_key: str | None = None  # PEM public key file: signatures required
     bundle_signing_alg: str = "RS256"
+    # Worker processes serving one port (gateway/workers.py; README "Workers"):
+    # `auto` in the config is the number of CPUs.
+    workers: int = 1
     # SIGTERM: in-flight requests and streams get this long to finish.
     drain_timeout_s: float = 30.0
     max_body_bytes: int = 4 * 1024 * 1024
@@ -212,6 +215,17 @@ def _bool(value: Any, where: str) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise SettingsError(f"{where}: expected true or false, got {value!r}")
+
+
+def _workers(value: Any, where: str) -> int:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        return _int(value, where, minimum=1)
+    except SettingsError:
+        raise SettingsError(
+            f"{where}: expected a number of workers or auto, got {value!r}"
+        ) from None
 
 
 def _str(value: Any, where: str) -> str:
@@ -335,6 +349,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "bundle_persist_dir": _opt_str,
     "bundle_verification_key": _opt_str,
     "bundle_signing_alg": _str,
+    "workers": _workers,
     "drain_timeout_s": _float,
     "max_body_bytes": lambda v, w: _int(v, w, minimum=1024),
     "header_timeout_s": _float,
@@ -442,7 +457,28 @@ def _cross_check(settings: Settings) -> None:
         raise SettingsError("shadow_policy: compiled here, so policy_source files only")
     if settings.bundle_poll_max_s < settings.bundle_poll_min_s:
         raise SettingsError("bundle_poll_max_s: must not be below bundle_poll_min_s")
+    if settings.workers > 1:
+        _check_workers(settings)
     required = {"s3": "audit_s3_bucket", "gcs": "audit_gcs_bucket", "http": "audit_http_url"}
     needed = required.get(settings.audit_sink)
     if needed is not None and getattr(settings, needed) is None:
         raise SettingsError(f"{needed}: required when audit_sink is {settings.audit_sink}")
+
+
+def _check_workers(settings: Settings) -> None:
+    """What cannot be shared by several worker processes (gateway/workers.py)."""
+    n = settings.workers
+    if settings.limits is not None and settings.limits_redis_url is None:
+        raise SettingsError(
+            f"limits_redis_url: required with workers {n}: in-process counters would "
+            f"let each of the {n} workers grant the whole limit"
+        )
+    if settings.audit_decision_logs and settings.audit_decision_logs_port:
+        raise SettingsError(
+            f"audit_decision_logs_port: a fixed port cannot be shared by {n} workers "
+            "(each worker's own OPA ships its decisions to that worker)"
+        )
+    if settings.audit_decision_logs and settings.audit_decision_logs_token_file:
+        raise SettingsError(
+            f"audit_decision_logs_token_file: one token file cannot serve {n} workers"
+        )

@@ -17,6 +17,7 @@ from gateway.forwarding import Forwarder
 from gateway.limits.stage import LimitsStage
 from gateway.policy import PolicyClient
 from gateway.settings import Settings
+from gateway.worker import WorkerIdentity
 from observability.audit import AuditRecord
 from observability.metrics import GatewayMetrics
 from observability.pipeline import AuditPipeline
@@ -46,3 +47,5 @@ OBSERVERS = web.AppKey("observers", list)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 # OpenTelemetry traces; always present (disabled: no tracer, no spans).
 TRACING = web.AppKey("tracing", GatewayTracing)
+# Set only in a worker process of `kamiwaza serve --workers` (gateway/worker.py).
+WORKER = web.AppKey("worker", WorkerIdentity)

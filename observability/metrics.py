@@ -206,10 +206,22 @@ def resolve_metrics_config(
     return MetricsConfig(url, merged, interval, timeout)
 
 
+# Attributes of this process that every signal's resource carries (e.g. the
+# worker of `kamiwaza serve --workers`): set once, before the providers exist.
+_instance_attributes: dict[str, str] = {}
+
+
+def set_instance_attributes(attributes: Mapping[str, str]) -> None:
+    """Add `attributes` to the resource of the metrics and traces built from now on."""
+    _instance_attributes.update(attributes)
+
+
 def _resource() -> Resource:
     """service.name (unless OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES set it),
     service.version and a per-process service.instance.id, which becomes
-    Prometheus' `instance` label so that replicas' cumulative series stay apart."""
+    Prometheus' `instance` label so that replicas' (and workers') cumulative
+    series stay apart; plus the process's own attributes (a worker's
+    `kamiwaza.worker`, Prometheus' `target_info` label `kamiwaza_worker`)."""
     try:
         service_version = version("kamiwaza-gateway")
     except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
@@ -217,6 +229,7 @@ def _resource() -> Resource:
     attributes: dict[str, str] = {
         "service.version": service_version,
         "service.instance.id": f"{socket.gethostname()}-{os.getpid()}",
+        **_instance_attributes,
     }
     detected = Resource.create(attributes)
     if "OTEL_SERVICE_NAME" not in os.environ and "service.name=" not in os.environ.get(

@@ -1,19 +1,25 @@
-"""`GET /healthz` (liveness) and `GET /readyz` (readiness: OPA answers, a policy
-is active, the gateway is not draining), with the active policy revision."""
+"""`GET /healthz` (liveness; in a worker of `serve --workers`, which one) and
+`GET /readyz` (readiness: OPA answers, a policy is active, the gateway is not
+draining), with the active policy revision."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from aiohttp import web
 
 from gateway.drain import DRAIN
 from gateway.policy_state import POLICY_STATE
-from gateway.state import POLICY
+from gateway.state import POLICY, WORKER
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    worker = request.app.get(WORKER)
+    if worker is None:
+        return web.json_response({"status": "ok"})
+    # Which process answered (`serve --workers`): a probe can tell them apart.
+    return web.json_response({"status": "ok", "worker": worker.name, "pid": os.getpid()})
 
 
 async def readyz(request: web.Request) -> web.Response:
