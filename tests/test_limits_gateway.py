@@ -325,6 +325,27 @@ async def _released(cluster: Cluster, tenant: str) -> bool:
     return await cluster.in_flight(tenant) == 0
 
 
+async def test_every_attempt_failing_gives_the_reservation_back(cluster: Cluster) -> None:
+    gw = await cluster.replica()
+    cluster.upstreams["anthropic"].behavior = Behavior(status=503)
+    client = cluster.sdk(gw, "nousage")
+    with pytest.raises(openai.APIStatusError) as info:
+        await client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=10)
+    assert info.value.status_code in (502, 503)
+    assert len(cluster.upstreams["anthropic"].requests) == 1
+    await until(lambda: _released(cluster, "nousage"), "the reservation given back")
+    [record] = by_tenant(await cluster.records(), "nousage")
+    assert record["limits"] == {
+        "reserved_usd": round(RESERVED.cost_usd, 9),
+        "reserved_tokens": RESERVED.tokens,
+        "capped": False,
+        "settled_usd": 0.0,
+        "settled_tokens": 0,
+        "basis": "released",
+    }
+    assert (await cluster.status("nousage"))["tenant.usd_per_day"].used == 0
+
+
 # -- budget-aware routing -----------------------------------------------------------
 
 
