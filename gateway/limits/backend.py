@@ -205,6 +205,11 @@ class LimitsBackend(abc.ABC):
                 ReserveStep(subject.tenant, checks, [], "", 0, int(now * 1000), True)
             )
         except StoreUnavailable as err:
+            if self.fail_open:
+                # The reservation that follows meets the same store and counts the
+                # request (once): here it is only logged.
+                self._log_unavailable(err, "failing open: requests go through unlimited")
+                return None
             self._unavailable(err)
             return None
         states = limit_states(checks, outcome)
