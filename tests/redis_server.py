@@ -65,7 +65,13 @@ class RedisServer:
             "--logfile", "",
         ]  # fmt: skip
         if self.cluster:
-            command += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
+            # The bus port is named: by default it is port + 10000, which a free
+            # port above 55535 cannot have.
+            command += [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", f"nodes-{port}.conf",
+                "--cluster-port", str(free_port()),
+            ]  # fmt: skip
         return command
 
     def start(self, timeout: float = 15.0) -> None:
