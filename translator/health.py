@@ -81,8 +81,8 @@ def check_health(out: Collector, root: LMap, number: NumberCheck) -> HealthConfi
             if condition is not None and condition.op in ("==", "!="):
                 out.err(
                     BAD_COMPARISON,
-                    f"'health.lagging.{field}' must be a bound: one of \"<N\", \"<=N\", "
-                    f"\">N\", \">=N\" (a measured value is never exactly a number)",
+                    f'\'health.lagging.{field}\' must be a bound: one of "<N", "<=N", '
+                    f'">N", ">=N" (a measured value is never exactly a number)',
                     value.pos,
                 )
             elif condition is not None:
