@@ -57,7 +57,7 @@ def test_bundle_cli_builds_a_deterministic_signed_bundle(tmp_path: Path, opa_bin
         assert proc.returncode == 0, proc.stderr
     assert out[0].read_bytes() == out[1].read_bytes()
     lines = proc.stdout.splitlines()
-    assert lines[0] == f"wrote {out[1]} (7 files, signed RS256)"
+    assert lines[0] == f"wrote {out[1]} (8 files, signed RS256)"
     revision = lines[1].removeprefix("revision ")
     with tarfile.open(out[0], "r:gz") as tar:
         names = tar.getnames()
@@ -68,6 +68,7 @@ def test_bundle_cli_builds_a_deterministic_signed_bundle(tmp_path: Path, opa_bin
         ".signatures.json",
         "kamiwaza/data.json",
         "kamiwaza/guards/guards.rego",
+        "kamiwaza/health/health.rego",
         "kamiwaza/policy/policy.rego",
         "kamiwaza/route/route.rego",
         "overrides/legal_hold/legal_hold.rego",

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from translator.errors import BAD_VALUE, UNKNOWN_ENDPOINT, did_you_mean
+from translator.errors import BAD_COMPARISON, BAD_VALUE, UNKNOWN_ENDPOINT, did_you_mean
 from translator.model import (
     HEALTH_PREFIX,
     HEALTH_STATUSES,
@@ -48,6 +48,8 @@ HEALTH_VALUES = (
     "ratelimit_remaining_requests",
     "ratelimit_remaining_tokens",
 )
+# Measured over the window's requests: these count only with min_samples of them.
+SAMPLED_VALUES = frozenset(HEALTH_VALUES[:6])
 HEALTH_KEYS = ("lagging", "min_samples", "latency_budget", "cost_cap", "when_none_healthy")
 ENFORCE = ("enforce", "off")
 WHEN_NONE_HEALTHY = ("try_best", "refuse")
@@ -76,7 +78,14 @@ def check_health(out: Collector, root: LMap, number: NumberCheck) -> HealthConfi
             if field not in HEALTH_VALUES:
                 continue  # reported by expect_table
             condition = number(field, value, f"'health.lagging.{field}'")
-            if condition is not None:
+            if condition is not None and condition.op in ("==", "!="):
+                out.err(
+                    BAD_COMPARISON,
+                    f'\'health.lagging.{field}\' must be a bound: one of "<N", "<=N", '
+                    f'">N", ">=N" (a measured value is never exactly a number)',
+                    value.pos,
+                )
+            elif condition is not None:
                 conditions.append(condition)
     min_samples = DEFAULT_MIN_SAMPLES
     if (samples := section.get("min_samples")) is not None:
@@ -152,9 +161,29 @@ def check_endpoint_health(
 
 
 def health_data(config: HealthConfig) -> dict[str, Any]:
-    """The generated module's `health` object (data.kamiwaza.policy.health)."""
+    """The generated module's `health` object (data.kamiwaza.policy.health).
+
+    Each lagging condition carries the samples it needs (min_samples for a
+    percentile or a rate, 0 for a gauge) and is spelled as one comparison, so
+    that the health package tests it without a function call: that is most of
+    what health costs a decision (bench/health_bench.py)."""
+    # Every comparison as `value * sign > bound` (strict) or `>= bound`: two
+    # lists, one comparison each, whatever the operators.
+    lagging: dict[str, list[dict[str, Any]]] = {"strict": [], "inclusive": []}
+    for c in config.lagging:
+        sign = -1 if c.op in ("<", "<=") else 1
+        lagging["strict" if c.op in ("<", ">") else "inclusive"].append(
+            {
+                "field": c.field,
+                "op": c.op,
+                "value": c.value,
+                "sign": sign,
+                "bound": c.value * sign,
+                "min_samples": config.min_samples if c.field in SAMPLED_VALUES else 0,
+            }
+        )
     return {
-        "lagging": [{"field": c.field, "op": c.op, "value": c.value} for c in config.lagging],
+        "lagging": lagging,
         "min_samples": config.min_samples,
         "latency_budget": config.latency_budget,
         "cost_cap": config.cost_cap,

@@ -49,16 +49,20 @@ class _Counts:
         self.latency = [0] * (BINS + 1)
 
 
-def _percentile(hist: list[int], total: int, q: float) -> float | None:
-    if total <= 0:
-        return None
-    rank = max(1, math.ceil(q * total))
+def _p50_p95(hist: list[int], total: int) -> tuple[float, float]:
+    """Both percentiles in one walk over the bins (`total` > 0)."""
+    rank50, rank95 = max(1, math.ceil(0.5 * total)), max(1, math.ceil(0.95 * total))
     seen = 0
+    p50: float | None = None
     for i, n in enumerate(hist):
+        if not n:
+            continue
         seen += n
-        if seen >= rank:
-            return round(_MIDDLES[i], 1)
-    return round(_MIDDLES[BINS], 1)  # pragma: no cover - the counts add up to total
+        if p50 is None and seen >= rank50:
+            p50 = round(_MIDDLES[i], 1)
+        if seen >= rank95:
+            return p50 if p50 is not None else round(_MIDDLES[i], 1), round(_MIDDLES[i], 1)
+    raise AssertionError("the bins do not add up to the total")  # pragma: no cover
 
 
 class RollingWindow:
@@ -115,10 +119,8 @@ class RollingWindow:
         t = self._total
         out: dict[str, Any] = {"samples": t.attempts}
         if t.answered:
-            out["p50_ttft_ms"] = _percentile(t.ttft, t.answered, 0.50)
-            out["p95_ttft_ms"] = _percentile(t.ttft, t.answered, 0.95)
-            out["p50_latency_ms"] = _percentile(t.latency, t.answered, 0.50)
-            out["p95_latency_ms"] = _percentile(t.latency, t.answered, 0.95)
+            out["p50_ttft_ms"], out["p95_ttft_ms"] = _p50_p95(t.ttft, t.answered)
+            out["p50_latency_ms"], out["p95_latency_ms"] = _p50_p95(t.latency, t.answered)
         if t.attempts:
             out["error_rate"] = round(t.errors / t.attempts, 4)
             out["timeout_rate"] = round(t.timeouts / t.attempts, 4)

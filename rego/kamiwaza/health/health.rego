@@ -19,15 +19,37 @@ default _config := {}
 
 _config := data.kamiwaza.policy.health
 
-default _conditions := []
+# The lagging conditions (translator/health.py), each as one comparison,
+# `value * sign > bound` (strict) or `>= bound` (inclusive), with the samples
+# it needs: {"strict": [{"field", "op", "value", "sign", "bound", "min_samples"}],
+# "inclusive": [...]}.
+default _conditions := {}
 
 _conditions := _config.lagging
+
+_strict := object.get(_conditions, "strict", [])
+
+_inclusive := object.get(_conditions, "inclusive", [])
 
 default _min_samples := 20
 
 _min_samples := _config.min_samples
 
-_enforced(what) if _config[what] == "enforce"
+default _enforce_cost_cap := false
+
+_enforce_cost_cap if {
+	_config.cost_cap == "enforce"
+	is_number(input.cost_cap_per_1k)
+}
+
+default _enforce_budget := false
+
+_enforce_budget if {
+	_config.latency_budget == "enforce"
+	is_number(input.latency_budget_ms)
+}
+
+default _refuse := false
 
 _refuse if _config.when_none_healthy == "refuse"
 
@@ -39,46 +61,37 @@ default _probes := []
 
 _probes := input.health.probe
 
-# Values measured over the request sample (percentiles and rates) count only
-# with enough requests in the window; gauges (queue depth, in flight, rate-limit
-# headroom) count as soon as they are known.
-_sampled := {
-	"p50_ttft_ms", "p95_ttft_ms", "p50_latency_ms", "p95_latency_ms",
-	"error_rate", "timeout_rate",
-}
+# Only the route's endpoints are judged (and those a rule's endpoint_health
+# key names): the work per decision does not grow with the registry.
 
 # METADATA
 # title: Observed values of one endpoint ({} when the gateway has none)
 values(name) := object.get(_observed, name, {})
 
-_counts(field, _) if not field in _sampled
-
-_counts(field, v) if {
-	field in _sampled
-	object.get(v, "samples", 0) >= _min_samples
-}
-
-_holds(">", a, b) if a > b
-
-_holds(">=", a, b) if a >= b
-
-_holds("<", a, b) if a < b
-
-_holds("<=", a, b) if a <= b
-
-_holds("==", a, b) if a == b
-
-_holds("!=", a, b) if a != b
-
 # METADATA
 # title: Lagging conditions that hold on an endpoint's observed values
-observed_lagging[name] contains sprintf("%s %v %s %v", [c.field, value, c.op, c.value]) if {
-	some name, v in _observed
-	some c in _conditions
-	value := v[c.field]
-	is_number(value)
-	_counts(c.field, v)
-	_holds(c.op, value, c.value)
+# description: Each as "field value op threshold"; [] when none holds.
+observed_lagging(name) := _reasons(_observed[name]) if _observed[name]
+
+else := []
+
+_reasons(v) := array.concat(
+	[sprintf("%s %v %s %v", [c.field, x, c.op, c.value]) |
+		some c in _strict
+		x := v[c.field]
+		is_number(x)
+		x * c.sign > c.bound
+		n >= c.min_samples
+	],
+	[sprintf("%s %v %s %v", [c.field, x, c.op, c.value]) |
+		some c in _inclusive
+		x := v[c.field]
+		is_number(x)
+		x * c.sign >= c.bound
+		n >= c.min_samples
+	],
+) if {
+	n := object.get(v, "samples", 0)
 }
 
 # METADATA
@@ -86,53 +99,56 @@ observed_lagging[name] contains sprintf("%s %v %s %v", [c.field, value, c.op, c.
 # description: |
 #   "lagging" (a condition holds), "healthy" (none holds over enough samples) or
 #   "unknown" (too few samples). The gateway's hysteresis reads it back.
-verdict(name) := "lagging" if {
-	observed_lagging[name]
-} else := "healthy" if {
-	object.get(values(name), "samples", 0) >= _min_samples
-} else := "unknown"
+verdict(name) := _verdict(name, observed_lagging(name))
 
-_state(name) := object.get(values(name), "state", "healthy")
+_verdict(name, reasons) := "lagging" if {
+	count(reasons) > 0
+} else := "healthy" if {
+	object.get(_observed, [name, "samples"], 0) >= _min_samples
+} else := "unknown"
 
 # METADATA
 # title: An endpoint's health for this request
 # description: |
 #   "lagging", "probing" (recovering, and this request is one of its probes) or
 #   "healthy"; every endpoint of the registry has one.
-status[name] := _status(name) if some name, _ in data.kamiwaza.endpoints
+status[name] := _status(name, _state(name), observed_lagging(name)) if {
+	some name, _ in data.kamiwaza.endpoints
+}
 
-_status(name) := "lagging" if {
-	_state(name) == "lagging"
-} else := "probing" if {
-	_state(name) == "probing"
+_state(name) := object.get(_observed, [name, "state"], "healthy")
+
+_status(_, "lagging", _) := "lagging"
+
+_status(name, "probing", reasons) := "probing" if {
 	name in _probes
-	not observed_lagging[name]
-} else := "lagging" if {
-	_state(name) == "probing"
-} else := "lagging" if {
-	observed_lagging[name]
+	count(reasons) == 0
+} else := "lagging"
+
+_status(_, "healthy", reasons) := "lagging" if {
+	count(reasons) > 0
 } else := "healthy"
 
-_lag_reasons(name) := ["held lagging by this replica until its cooldown ends"] if {
+_lag_reasons(name, reasons) := ["held lagging by this replica until its cooldown ends"] if {
 	_state(name) == "lagging"
 } else := ["recovering: judged again on a share of the traffic"] if {
 	_state(name) == "probing"
-	not observed_lagging[name]
-} else := sort(observed_lagging[name])
+	count(reasons) == 0
+} else := reasons
 
 # -- enforcement guards ---------------------------------------------------------
 
 # METADATA
 # title: An endpoint's price per 1k tokens, for the cost cap
-# description: The dearer of its input and output prices (registry pricing).
-price(name) := max([
-	object.get(data.kamiwaza.endpoints, [name, "pricing", "input_per_1k"], 0),
-	object.get(data.kamiwaza.endpoints, [name, "pricing", "output_per_1k"], 0),
-])
+# description: |
+#   The dearer of its input and output prices (registry pricing). Read by
+#   reference: object.get on data.kamiwaza.endpoints copies the whole registry.
+price(name) := max([object.get(p, "input_per_1k", 0), object.get(p, "output_per_1k", 0)]) if {
+	p := data.kamiwaza.endpoints[name].pricing
+} else := 0
 
 _over_cap(name) if {
-	_enforced("cost_cap")
-	is_number(input.cost_cap_per_1k)
+	_enforce_cost_cap
 	price(name) > input.cost_cap_per_1k
 }
 
@@ -141,17 +157,17 @@ _budget_field := "p95_ttft_ms" if input.request.stream == true
 
 default _budget_field := "p95_latency_ms"
 
-_observed_latency(name) := value if {
-	v := values(name)
+# The observed latency the budget is held against, where it counts.
+_latency(name) := value if {
+	v := _observed[name]
 	value := v[_budget_field]
 	is_number(value)
-	_counts(_budget_field, v)
+	object.get(v, "samples", 0) >= _min_samples
 }
 
 _over_budget(name) if {
-	_enforced("latency_budget")
-	is_number(input.latency_budget_ms)
-	_observed_latency(name) > input.latency_budget_ms
+	_enforce_budget
+	_latency(name) > input.latency_budget_ms
 }
 
 # -- arranging a route ----------------------------------------------------------
@@ -165,11 +181,15 @@ _over_budget(name) if {
 #   budget or nothing healthy left, the best endpoint is still tried unless
 #   `when_none_healthy: refuse`; a cost cap no endpoint meets is a deny.
 arrange(candidates) := {"route": route, "deny": deny, "report": report} if {
-	priced := [n | some n in candidates; not _over_cap(n)]
-	in_budget := [n | some n in priced; not _over_budget(n)]
+	capped := {n | some n in candidates; _over_cap(n)}
+	priced := [n | some n in candidates; not n in capped]
+	slow := {n | some n in priced; _over_budget(n)}
+	in_budget := [n | some n in priced; not n in slow]
 	kept := _budget_kept(priced, in_budget)
-	healthy := [n | some n in kept; status[n] != "lagging"]
-	lagging := [n | some n in kept; status[n] == "lagging"]
+	reasons := {n: observed_lagging(n) | some n in candidates}
+	lags := {n | some n in kept; _status(n, _state(n), reasons[n]) == "lagging"}
+	healthy := [n | some n in kept; not n in lags]
+	lagging := [n | some n in kept; n in lags]
 	route := array.concat(healthy, lagging)
 	deny := array.concat(
 		array.concat(_cost_deny(candidates, priced), _budget_deny(priced, in_budget)),
@@ -179,22 +199,22 @@ arrange(candidates) := {"route": route, "deny": deny, "report": report} if {
 		"skipped": array.concat(
 			[_skip(n, "cost_cap", sprintf("price %v per 1k > cost cap %v", [price(n), input.cost_cap_per_1k])) |
 				some n in candidates
-				_over_cap(n)
+				n in capped
 			],
-			[_skip(n, "latency_budget", sprintf("%s %v > latency budget %v ms", [_budget_field, _observed_latency(n), input.latency_budget_ms])) |
+			[_skip(n, "latency_budget", sprintf("%s %v > latency budget %v ms", [_budget_field, _latency(n), input.latency_budget_ms])) |
 				some n in priced
-				_over_budget(n)
+				n in slow
 				not n in kept
 			],
 		),
-		"moved": [_moved(n) | some n in lagging; count(healthy) > 0],
-		"verdicts": {n: verdict(n) | some n in candidates},
+		"moved": [_moved(n, reasons[n]) | count(healthy) > 0; some n in lagging],
+		"verdicts": {n: _verdict(n, reasons[n]) | some n in candidates},
 	}
 }
 
 _skip(name, reason, detail) := {"endpoint": name, "reason": reason, "detail": detail, "values": values(name)}
 
-_moved(name) := {"endpoint": name, "reason": "lagging", "detail": _lag_reasons(name), "values": values(name)}
+_moved(name, reasons) := {"endpoint": name, "reason": "lagging", "detail": _lag_reasons(name, reasons), "values": values(name)}
 
 # Every endpoint over the budget: the fastest one is still tried, unless refused.
 _budget_kept(priced, in_budget) := in_budget if {
@@ -208,7 +228,7 @@ _budget_kept(priced, in_budget) := in_budget if {
 _fastest(names) := [n |
 	some n in names
 	every other in names {
-		_observed_latency(n) <= _observed_latency(other)
+		_latency(n) <= _latency(other)
 	}
 ][0]
 

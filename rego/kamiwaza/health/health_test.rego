@@ -11,11 +11,11 @@ _endpoints := {
 _classes := {"order": ["public", "internal", "confidential", "pii-restricted"], "in_vpc_only": ["pii-restricted"]}
 
 _health := {
-	"lagging": [
-		{"field": "p95_ttft_ms", "op": ">", "value": 1500},
-		{"field": "error_rate", "op": ">", "value": 0.2},
-		{"field": "queue_depth", "op": ">", "value": 32},
-	],
+	"lagging": {"strict": [
+		{"field": "p95_ttft_ms", "op": ">", "value": 1500, "sign": 1, "bound": 1500, "min_samples": 5},
+		{"field": "error_rate", "op": ">", "value": 0.2, "sign": 1, "bound": 0.2, "min_samples": 5},
+		{"field": "queue_depth", "op": ">", "value": 32, "sign": 1, "bound": 32, "min_samples": 0},
+	]},
 	"min_samples": 5,
 	"latency_budget": "enforce",
 	"cost_cap": "enforce",
@@ -84,7 +84,7 @@ test_gauges_count_without_samples if {
 test_every_condition_is_reported if {
 	bad := object.union(_slow, {"error_rate": 0.5, "queue_depth": 33})
 	d := _decide(_health, {"tenant": "a", "health": {"endpoints": {"saas": bad}}})
-	d.health.moved[0].detail == ["error_rate 0.5 > 0.2", "p95_ttft_ms 2100 > 1500", "queue_depth 33 > 32"]
+	d.health.moved[0].detail == ["p95_ttft_ms 2100 > 1500", "error_rate 0.5 > 0.2", "queue_depth 33 > 32"]
 }
 
 test_all_lagging_still_tries_the_best if {
@@ -166,7 +166,7 @@ test_latency_budget_of_a_stream_reads_ttft if {
 		"tenant": "a", "latency_budget_ms": 2200, "request": {"stream": true},
 		"health": {"endpoints": {"saas": _slow}},
 	}
-	budget_only := object.union(_health, {"lagging": []})
+	budget_only := object.remove(_health, ["lagging"])
 	streamed := _decide(budget_only, doc)
 	streamed.route_to == "saas"
 	json_doc := object.union(doc, {"request": {"stream": false}})
@@ -213,27 +213,39 @@ test_forced_route_is_not_arranged if {
 }
 
 test_comparisons if {
-	c := [
-		{"field": "in_flight", "op": ">=", "value": 8},
-		{"field": "ratelimit_remaining_requests", "op": "<", "value": 10},
-		{"field": "kv_cache_usage", "op": "<=", "value": 0.1},
-		{"field": "timeout_rate", "op": "==", "value": 1},
-		{"field": "p50_ttft_ms", "op": "!=", "value": 5},
-	]
-	v := {"samples": 20, "in_flight": 8, "ratelimit_remaining_requests": 3, "kv_cache_usage": 0.05, "timeout_rate": 1, "p50_ttft_ms": 6}
-	reasons := data.kamiwaza.health.observed_lagging.x with data.kamiwaza.policy.health as {"lagging": c}
+	c := {
+		"strict": [
+			{"field": "queue_depth", "op": ">", "value": 2, "sign": 1, "bound": 2, "min_samples": 0},
+			{"field": "ratelimit_remaining_requests", "op": "<", "value": 10, "sign": -1, "bound": -10, "min_samples": 0},
+		],
+		"inclusive": [
+			{"field": "in_flight", "op": ">=", "value": 8, "sign": 1, "bound": 8, "min_samples": 0},
+			{"field": "kv_cache_usage", "op": "<=", "value": 0.1, "sign": -1, "bound": -0.1, "min_samples": 0},
+			{"field": "timeout_rate", "op": ">=", "value": 1, "sign": 1, "bound": 1, "min_samples": 20},
+			{"field": "p50_ttft_ms", "op": ">=", "value": 5, "sign": 1, "bound": 5, "min_samples": 20},
+		],
+	}
+	v := {"samples": 20, "queue_depth": 3, "in_flight": 8, "ratelimit_remaining_requests": 3, "kv_cache_usage": 0.05, "timeout_rate": 1, "p50_ttft_ms": 6}
+	reasons := data.kamiwaza.health.observed_lagging("x") with data.kamiwaza.policy.health as {"lagging": c}
 		with input as {"health": {"endpoints": {"x": v}}}
-	count(reasons) == 5
+	reasons == [
+		"queue_depth 3 > 2", "ratelimit_remaining_requests 3 < 10", "in_flight 8 >= 8",
+		"kv_cache_usage 0.05 <= 0.1", "timeout_rate 1 >= 1", "p50_ttft_ms 6 >= 5",
+	]
+	unread := data.kamiwaza.health.observed_lagging("x") with data.kamiwaza.policy.health as {"lagging": c}
+		with input as {"health": {"endpoints": {"x": object.union(v, {"samples": 19, "queue_depth": "3"})}}}
+	unread == ["ratelimit_remaining_requests 3 < 10", "in_flight 8 >= 8", "kv_cache_usage 0.05 <= 0.1"]
 }
 
 test_default_min_samples_is_twenty if {
-	c := {"lagging": [{"field": "error_rate", "op": ">", "value": 0.1}]}
-	few := data.kamiwaza.health.verdict("x") with data.kamiwaza.policy.health as c
+	few := data.kamiwaza.health.verdict("x") with data.kamiwaza.policy.health as {}
 		with input as {"health": {"endpoints": {"x": {"samples": 19, "error_rate": 1}}}}
 	few == "unknown"
-	enough := data.kamiwaza.health.verdict("x") with data.kamiwaza.policy.health as c
+	enough := data.kamiwaza.health.verdict("x") with data.kamiwaza.policy.health as {}
 		with input as {"health": {"endpoints": {"x": {"samples": 20, "error_rate": 1}}}}
-	enough == "lagging"
+	enough == "healthy"
+	unobserved := data.kamiwaza.health.observed_lagging("y") with input as {}
+	unobserved == []
 }
 
 test_status_covers_every_endpoint if {

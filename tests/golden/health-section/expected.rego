@@ -13,7 +13,7 @@ import rego.v1
 # METADATA
 # title: Policy revision
 # description: Hash of the compiled rules, default and endpoint registry facts.
-revision := "sha256:0c79f044cef800dac7b4346d3256b5a21c136b66f1261c911ede9c28674dfbee"
+revision := "sha256:503a868b71c884be8178bbc65dd9dda850268652b678221d361429bea65ed18b"
 
 # METADATA
 # title: Default route
@@ -25,7 +25,7 @@ default_route := {"route_to": "anthropic", "fallback": ["bedrock", "openai"], "r
 # description: |
 #   The policy's health section: when an endpoint lags, and which of the
 #   request's declared limits are enforced (rego/kamiwaza/health reads it).
-health := {"lagging": [{"field": "p95_ttft_ms", "op": ">", "value": 1500}, {"field": "error_rate", "op": ">", "value": 0.2}, {"field": "queue_depth", "op": ">", "value": 32}], "min_samples": 10, "latency_budget": "enforce", "cost_cap": "enforce", "when_none_healthy": "try_best"}
+health := {"lagging": {"strict": [{"field": "p95_ttft_ms", "op": ">", "value": 1500, "sign": 1, "bound": 1500, "min_samples": 10}, {"field": "error_rate", "op": ">", "value": 0.2, "sign": 1, "bound": 0.2, "min_samples": 10}, {"field": "queue_depth", "op": ">", "value": 32, "sign": 1, "bound": 32, "min_samples": 0}], "inclusive": []}, "min_samples": 10, "latency_budget": "enforce", "cost_cap": "enforce", "when_none_healthy": "try_best"}
 
 # METADATA
 # title: First matching rule
