@@ -38,7 +38,9 @@ async def test_file_watch_swaps_the_policy_under_traffic_and_refuses_a_broken_on
         tmp_path,
         fake_upstream,
         policy=policy_routing_to("private-gpu"),
-        settings_overrides={"policy_watch_s": 0.1},
+        # A loaded machine may keep OPA past the default 250 ms while it swaps
+        # policies; a timeout is not what this test is about, a gap would be.
+        settings_overrides={"policy_watch_s": 0.1, "opa_timeout_ms": 5000},
     )
     url = gw.url("").rstrip("/")
     policy = gw.workdir / "routing.yaml"
