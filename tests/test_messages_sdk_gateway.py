@@ -475,6 +475,33 @@ async def test_translated_tool_result_turn(fresh: Stack) -> None:
     }
 
 
+async def test_system_turns_in_messages_native_and_translated(fresh: Stack) -> None:
+    # The SDK's MessageParam takes `system` turns; the gateway must not refuse them.
+    turns: list[Any] = [
+        {"role": "user", "content": "Hello there"},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "system", "content": [{"type": "text", "text": "Answer in French."}]},
+        {"role": "user", "content": "Bye"},
+    ]
+    native = await fresh.sdk().messages.create(model="native", max_tokens=16, messages=turns)
+    assert native.content[0].text == "You said: Bye"  # type: ignore[union-attr]
+    (received,) = fresh.claude.requests
+    assert received.json == {"model": CLAUDE, "max_tokens": 16, "messages": turns}
+    assert fresh.claude.invalid == []
+
+    fresh.vllm.next(reply="Au revoir")
+    translated = await fresh.sdk().messages.create(
+        model="translated", max_tokens=16, messages=turns
+    )
+    assert translated.content[0].text == "Au revoir"  # type: ignore[union-attr]
+    assert fresh.vllm.requests[-1].json["messages"] == [
+        {"role": "user", "content": "Hello there"},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "Bye"},
+    ]
+
+
 # ---------------------------------------------------------------------------
 # Credentials, errors, failover.
 
