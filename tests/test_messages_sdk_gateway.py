@@ -651,6 +651,82 @@ async def test_failover_from_native_to_translated(fresh: Stack) -> None:
         assert [a["endpoint"] for a in record["attempts"]] == ["claude", "vllm"]
 
 
+async def test_a_stream_that_fails_after_message_start(fresh: Stack) -> None:
+    # Overloaded right after message_start: nothing of the answer has gone out,
+    # so the gateway fails over to the translated endpoint.
+    fresh.claude.fail(Failure(529, "overloaded_error", "Overloaded", in_stream=True))
+    async with fresh.sdk().messages.stream(
+        model="native-then-translated", max_tokens=16, messages=HI
+    ) as stream:
+        text = await stream.get_final_text()
+    assert text == "Hello from the fake upstream, streamed word by word."
+    (record,) = await fresh.new_records()
+    assert [a["endpoint"] for a in record["attempts"]] == ["claude", "vllm"]
+    assert (record["endpoint"], record["status"]) == ("vllm", 200)
+
+    # Without a fallback the SDK raises the overload as its own error.
+    fresh.claude.fail(Failure(529, "overloaded_error", "Overloaded", in_stream=True))
+    with pytest.raises(anthropic.ServiceUnavailableError) as info:
+        async with fresh.sdk().messages.stream(model="native", max_tokens=16, messages=HI) as s:
+            await s.get_final_text()
+    assert info.value.status_code == 503
+    body = info.value.body
+    assert isinstance(body, dict) and set(body) == {"type", "error"}
+    assert (body["type"], set(body["error"]), body["error"]["type"]) == (
+        "error",
+        {"type", "message"},
+        "overloaded_error",
+    )
+    assert "Overloaded" in body["error"]["message"]
+    (record,) = await fresh.new_records()
+    assert (record["operation"], record["endpoint"]) == ("messages", "claude")
+    assert record["status"] == 503
+
+
+async def test_beta_messages_with_betas(fresh: Stack) -> None:
+    # client.beta.messages sends `?beta=true` and the betas as `anthropic-beta`.
+    client = fresh.sdk()
+    message = await client.beta.messages.create(
+        model="native",
+        max_tokens=16,
+        messages=HI,
+        betas=["context-management-2025-06-27", "files-api-2025-04-14"],
+    )
+    assert message.content[0].text == "You said: Hello there"  # type: ignore[union-attr]
+    (received,) = fresh.claude.requests
+    assert received.json == {"model": CLAUDE, "max_tokens": 16, "messages": HI}
+    assert received.headers["anthropic-beta"] == (
+        "context-management-2025-06-27,files-api-2025-04-14"
+    )
+    async with client.beta.messages.stream(
+        model="translated", max_tokens=16, messages=HI, betas=["files-api-2025-04-14"]
+    ) as stream:
+        assert (await stream.get_final_text()).startswith("Hello from the fake upstream")
+    records = await fresh.new_records()
+    assert [(r["endpoint"], r["status"]) for r in records] == [("claude", 200), ("vllm", 200)]
+
+
+async def test_translated_image(fresh: Stack) -> None:
+    fresh.vllm.next(reply="A pixel")
+    content: list[Any] = [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": cc.PNG}},
+        {"type": "text", "text": "what is this"},
+    ]
+    answer = await fresh.sdk().messages.create(
+        model="translated", max_tokens=16, messages=[{"role": "user", "content": content}]
+    )
+    assert answer.content[0].text == "A pixel"  # type: ignore[union-attr]
+    assert fresh.vllm.requests[-1].json["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{cc.PNG}"}},
+                {"type": "text", "text": "what is this"},
+            ],
+        }
+    ]
+
+
 # ---------------------------------------------------------------------------
 # A Claude-Code-shaped session, byte for byte.
 
