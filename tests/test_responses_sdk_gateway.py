@@ -42,6 +42,10 @@ rules:
   - name: to-claude
     match: {model: to-claude}
     route_to: claude
+  - name: openai-then-vllm
+    match: {model: openai-then-vllm}
+    route_to: openai
+    fallback: [vllm]
   - name: messages
     match: {operation: messages}
     route_to: claude
@@ -398,6 +402,46 @@ async def test_errors_raise_the_sdks_exceptions(fresh: Stack) -> None:
         ("responses", 400),
         ("responses", 502),
     ]
+
+
+async def test_failover_and_stream_failures(fresh: Stack) -> None:
+    client = fresh.sdk()
+    fresh.saas.responses.queue.append(ResponsesFailure(503, "busy"))
+    fresh.vllm.next(reply="served by llama")
+    raw = await client.responses.with_raw_response.create(model="openai-then-vllm", input="hi")
+    assert raw.headers["X-Kamiwaza-Endpoint"] == "vllm"
+    assert raw.parse().output_text == "served by llama"
+    (record,) = await fresh.new_records()
+    assert [a["endpoint"] for a in record["attempts"]] == ["openai", "vllm"]
+
+    # Failed right after response.created: nothing went out yet, so it fails over.
+    fresh.saas.responses.queue.append(ResponsesFailure(500, "boom", in_stream=True))
+    async with client.responses.stream(model="openai-then-vllm", input="hi") as stream:
+        final = await stream.get_final_response()
+    assert final.output_text == "Hello from the fake upstream, streamed word by word."
+    (record,) = await fresh.new_records()
+    assert [a["endpoint"] for a in record["attempts"]] == ["openai", "vllm"]
+
+    # A translated stream cut by an upstream error after text went out ends with
+    # response.failed (the delay puts the text and the error in separate reads).
+    fresh.vllm.next(stream_error_after_chunks=2, chunk_delay=0.02)
+    async with client.responses.stream(model="to-vllm", input="hi") as stream:
+        events = [event async for event in stream]
+    assert [e.type for e in events] == [
+        *STREAM_TEXT_EVENTS,
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.failed",
+    ]
+    failed = events[-1].response  # type: ignore[union-attr]
+    assert failed.status == "failed" and failed.error is not None
+    assert "fake upstream overloaded" in failed.error.message
+    (record,) = await fresh.new_records()
+    assert (record["endpoint"], record["status"], record["error"]["code"]) == (
+        "vllm",
+        200,
+        "overloaded",
+    )
 
 
 async def test_the_policy_routes_by_operation(fresh: Stack) -> None:
