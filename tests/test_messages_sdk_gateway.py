@@ -706,6 +706,55 @@ async def test_beta_messages_with_betas(fresh: Stack) -> None:
     assert [(r["endpoint"], r["status"]) for r in records] == [("claude", 200), ("vllm", 200)]
 
 
+async def test_beta_count_tokens_and_metadata_in_the_body(fresh: Stack) -> None:
+    client = fresh.sdk()
+    counted = await client.beta.messages.count_tokens(
+        model="native", messages=HI, betas=["token-counting-2024-11-01"]
+    )
+    assert counted.input_tokens == 2
+    (received,) = fresh.claude.requests
+    assert (received.path, received.json) == (
+        "/v1/messages/count_tokens",
+        {"model": CLAUDE, "messages": HI},
+    )
+    # What the SDK sends straight to Anthropic arrives unchanged (this SDK
+    # repeats the token-counting beta it adds itself).
+    async with anthropic.AsyncAnthropic(
+        api_key=ANTHROPIC_KEY, base_url=fresh.claude.url, max_retries=0
+    ) as direct:
+        await direct.beta.messages.count_tokens(
+            model=CLAUDE, messages=HI, betas=["token-counting-2024-11-01"]
+        )
+    assert received.headers.getall("anthropic-beta") == fresh.claude.requests[-1].headers.getall(
+        "anthropic-beta"
+    )
+    fresh.claude.requests.pop()
+
+    # Gateway metadata in a `kamiwaza` object is read, and never forwarded.
+    with pytest.raises(anthropic.PermissionDeniedError):
+        await client.messages.create(
+            model="native",
+            max_tokens=8,
+            messages=HI,
+            extra_body={"kamiwaza": {"data_class": "pii-restricted"}},
+        )
+    await client.messages.create(
+        model="native",
+        max_tokens=8,
+        messages=HI,
+        extra_body={"kamiwaza": {"labels": {"team": "a"}}},
+    )
+    assert len(fresh.claude.requests) == 2
+    assert fresh.claude.requests[-1].json == {"model": CLAUDE, "max_tokens": 8, "messages": HI}
+    records = await fresh.new_records()
+    assert [(r["endpoint"], r["status"]) for r in records] == [
+        ("claude", 200),
+        (None, 403),
+        ("claude", 200),
+    ]
+    assert records[2]["labels"] == {"team": "a"}
+
+
 async def test_translated_image(fresh: Stack) -> None:
     fresh.vllm.next(reply="A pixel")
     content: list[Any] = [

@@ -19,6 +19,7 @@ from openai.types.responses import Response
 from pydantic import BaseModel
 
 from gateway.auth import KeyStore
+from tests.claude_code_body import PNG
 from tests.fake_anthropic import FakeAnthropic
 from tests.fake_responses import ResponsesFailure
 from tests.fake_upstream import FakeUpstream
@@ -302,6 +303,51 @@ async def test_translated_to_vllm_create_and_stream(fresh: Stack) -> None:
         ("responses", "vllm", 200)
     ] * 2
     assert records[1]["tokens"] == {"input": 1, "output": 3}
+
+
+async def test_translated_items_image_and_dropped_reasoning(fresh: Stack) -> None:
+    fresh.vllm.next(reply="A pixel")
+    png = PNG
+    answer = await fresh.sdk().responses.create(
+        model="to-vllm",
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "what is this"},
+                    {
+                        "type": "input_image",
+                        "image_url": f"data:image/png;base64,{png}",
+                        "detail": "auto",
+                    },
+                ],
+            }
+        ],
+        reasoning={"effort": "high"},
+    )
+    assert answer.output_text == "A pixel"
+    assert fresh.vllm.requests[-1].json == {
+        "model": LLAMA,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this"},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": f"data:image/png;base64,{png}", "detail": "auto"},
+                    },
+                ],
+            }
+        ],
+        "stream": False,
+    }
+    (record,) = await fresh.new_records()
+    assert (record["operation"], record["endpoint"], record["notes"]) == (
+        "responses",
+        "vllm",
+        ["reasoning.effort: dropped (this endpoint takes no reasoning settings)"],
+    )
 
 
 async def test_translated_to_anthropic_function_round_trip_and_structured_output(
