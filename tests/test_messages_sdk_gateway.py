@@ -828,3 +828,97 @@ async def test_a_claude_code_session_reaches_anthropic_byte_identical(fresh: Sta
     ] * 3
     for record in records:
         assert record["tokens"]["input"] > 1000  # cache reads and writes count as input
+
+
+async def test_a_claude_code_turn_translated_to_vllm(fresh: Stack) -> None:
+    fresh.vllm.next(reply="I will edit the test.")
+    body = cc.body(cc.first_turns())
+    body["model"] = "translated"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            fresh.gateway.url("/v1/messages"),
+            data=cc.wire(body),
+            headers={"Content-Type": "application/json", "x-api-key": fresh.key, **cc.HEADERS},
+        ) as resp,
+    ):
+        assert resp.status == 200
+        events = sse_events(await resp.read())
+    text = "".join(e["delta"].get("text", "") for n, e in events if n == "content_block_delta")
+    assert (events[0][0], events[-1][0], text) == (
+        "message_start",
+        "message_stop",
+        "I will edit the test.",
+    )
+    sent = fresh.vllm.requests[-1].json
+    system = sent["messages"][0]
+    assert system["role"] == "system"
+    assert system["content"] == "\n\n".join(b["text"] for b in body["system"])
+    assert sent["messages"][1:] == [
+        {
+            "role": "user",
+            "content": "<system-reminder>\nAs you answer, use the tools.\n</system-reminder>"
+            "\n\nFix the failing test in tests/test_x.py",
+        },
+        {
+            "role": "assistant",
+            "content": "I'll run the tests first.",
+            "tool_calls": [
+                {
+                    "id": "toolu_01A",
+                    "type": "function",
+                    "function": {
+                        "name": "Bash",
+                        "arguments": '{"command":"pytest -q tests/test_x.py","timeout":120000.5}',
+                    },
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "toolu_01A", "content": "F\n1 failed in 0.12s"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "toolu_01B",
+                    "type": "function",
+                    "function": {
+                        "name": "Read",
+                        "arguments": '{"file_path":"/repo/tests/test_x.py"}',
+                    },
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "tool_call_id": "toolu_01B",
+            "content": "     1\tdef test_x():\n     2\t    assert 1 + 1 == 3\n",
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{cc.PNG}"}},
+                {"type": "text", "text": "Here is a screenshot of the failure."},
+            ],
+        },
+    ]
+    assert [t["function"]["name"] for t in sent["tools"]] == ["Bash", "Read", "Edit"]
+    assert {k: v for k, v in sent.items() if k not in ("messages", "tools")} == {
+        "model": LLAMA,
+        "max_tokens": 32000,
+        "temperature": 1,
+        "user": body["metadata"]["user_id"],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    (record,) = await fresh.new_records()
+    assert (record["endpoint"], record["status"], record["notes"]) == (
+        "vllm",
+        200,
+        [
+            "cache_control: dropped (prompt caching is Anthropic's)",
+            "thinking blocks: dropped (Chat Completions takes no earlier reasoning)",
+            "tool_result.is_error: sent as a plain tool result",
+            "thinking: dropped (this endpoint takes no reasoning settings)",
+        ],
+    )
