@@ -528,3 +528,20 @@ async def test_models_answers(fresh: Stack) -> None:
         assert listed[model_id]["operations"] == ["chat", "messages", "responses"]
     with pytest.raises(openai.AuthenticationError):
         await fresh.sdk("kw_nope").models.list()
+
+
+async def test_stored_state_never_fails_over_to_a_translated_endpoint(fresh: Stack) -> None:
+    client = fresh.sdk()
+    first = await client.responses.create(model="gpt-5", input="remember me")
+    fresh.saas.responses.queue.append(ResponsesFailure(503, "busy"))
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.responses.create(
+            model="openai-then-vllm", previous_response_id=first.id, input="and?"
+        )
+    assert "previous_response_id" in info.value.message
+    assert fresh.vllm.requests == []  # the conversation was not silently cut short
+    records = await fresh.new_records()
+    assert [(a["endpoint"], a["status"], a["error"]) for a in records[-1]["attempts"]] == [
+        ("openai", 503, "upstream_unavailable"),
+        ("vllm", None, "unsupported_request"),
+    ]
