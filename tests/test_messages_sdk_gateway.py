@@ -922,3 +922,47 @@ async def test_a_claude_code_turn_translated_to_vllm(fresh: Stack) -> None:
             "thinking: dropped (this endpoint takes no reasoning settings)",
         ],
     )
+
+
+async def test_edge_errors_in_anthropics_shape(fresh: Stack) -> None:
+    big: list[Any] = [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]
+    with pytest.raises(anthropic.ContentTooLargeError) as large:
+        await fresh.sdk().messages.create(model="native", max_tokens=5, messages=big)
+    assert large.value.body == {
+        "type": "error",
+        "error": {
+            "type": "request_too_large",
+            "message": "request body too large (limit 4194304 bytes)",
+        },
+    }
+    # Paths under /v1/messages that the gateway does not serve (batches) answer
+    # in Anthropic's shape too, so the SDK raises its NotFoundError.
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        await fresh.sdk().messages.batches.list()
+    assert missing.value.body == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "no such route"},
+    }
+    async with aiohttp.ClientSession() as http:
+        headers = {"x-api-key": fresh.key, "Content-Type": "application/json"}
+        async with http.post(
+            fresh.gateway.url("/v1/messages"), data=b"{not json", headers=headers
+        ) as resp:
+            assert resp.status == 400
+            body = await resp.json()
+            assert (body["type"], body["error"]["type"]) == ("error", "invalid_request_error")
+            assert body["error"]["message"].startswith("request body is not valid JSON")
+        async with http.get(fresh.gateway.url("/v1/messages"), headers=headers) as resp:
+            assert (resp.status, await resp.json()) == (
+                405,
+                {
+                    "type": "error",
+                    "error": {"type": "invalid_request_error", "message": "Method Not Allowed"},
+                },
+            )
+    assert fresh.claude.requests == []
+    records = await fresh.new_records()
+    assert [(r["operation"], r["status"]) for r in records] == [
+        ("messages", 413),
+        ("messages", 400),
+    ]
