@@ -551,3 +551,90 @@ async def test_stored_state_never_fails_over_to_a_translated_endpoint(fresh: Sta
         ("openai", 503, "upstream_unavailable"),
         ("vllm", None, "unsupported_request"),
     ]
+
+
+CODEX_TOOL: Any = {
+    "type": "function",
+    "name": "shell",
+    "description": "run",
+    "strict": False,
+    "parameters": {
+        "type": "object",
+        "properties": {"command": {"type": "array", "items": {"type": "string"}}},
+        "required": ["command"],
+    },
+}
+
+
+@pytest.mark.parametrize("route", ["to-vllm", "to-claude"])
+async def test_a_codex_shaped_stream_translated(fresh: Stack, route: str) -> None:
+    stream = await fresh.sdk().responses.create(
+        model=route,
+        instructions="You are Codex.",
+        input=[
+            {
+                "type": "message",
+                "role": "developer",
+                "content": [{"type": "input_text", "text": "<env>cwd=/repo</env>"}],
+            },
+            {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "fix the test"}],
+            },
+        ],
+        tools=[CODEX_TOOL],
+        tool_choice="auto",
+        parallel_tool_calls=False,
+        reasoning={"effort": "medium", "summary": "auto"},
+        store=False,
+        stream=True,
+        include=["reasoning.encrypted_content"],
+        prompt_cache_key="session-123",
+        text={"verbosity": "medium"},
+    )
+    kinds = [event.type async for event in stream]
+    assert (kinds[0], kinds[-1]) == ("response.created", "response.completed")
+    parameters = CODEX_TOOL["parameters"]
+    if route == "to-vllm":
+        assert fresh.vllm.requests[-1].json == {
+            "model": LLAMA,
+            "messages": [
+                {"role": "system", "content": "You are Codex."},
+                {"role": "system", "content": "<env>cwd=/repo</env>"},
+                {"role": "user", "content": "fix the test"},
+            ],
+            "parallel_tool_calls": False,
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {"name": "shell", "description": "run", "parameters": parameters},
+                }
+            ],
+            "tool_choice": "auto",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    else:
+        assert fresh.claude.requests[-1].json == {
+            "model": CLAUDE,
+            "max_tokens": 4096,
+            "messages": [{"role": "user", "content": "fix the test"}],
+            "system": "You are Codex.\n\n<env>cwd=/repo</env>",
+            "tools": [{"name": "shell", "description": "run", "input_schema": parameters}],
+            "tool_choice": {"type": "auto", "disable_parallel_tool_use": True},
+            "stream": True,
+        }
+        assert fresh.claude.invalid == []
+    (record,) = await fresh.new_records()
+    assert (record["operation"], record["status"], record["notes"]) == (
+        "responses",
+        200,
+        [
+            "include: dropped (extra output data is not available by translation)",
+            "prompt_cache_key: dropped (prompt caching is OpenAI's)",
+            "text.verbosity: dropped (this endpoint takes no verbosity setting)",
+            "reasoning.effort: dropped (this endpoint takes no reasoning settings)",
+            "reasoning.summary: dropped (reasoning summaries are not available by translation)",
+        ],
+    )
