@@ -22,6 +22,8 @@ the request:
 - the last user turn holds tool results: "The tool said: <their content>";
 - the request has tools and the last user text names one: a `tool_use` of it,
   with the JSON object written in the text (if any) as input;
+- under an `output_config.format` of type `json_schema`: a JSON object of the
+  schema's properties, each holding the last user text;
 - otherwise: "You said: <the last user text>";
 and then honours `stop_sequences` (stop_reason `stop_sequence`) and
 `max_tokens` (one token a word; stop_reason `max_tokens`). Usage counts words.
@@ -129,7 +131,12 @@ class ClaudeSimulator:
                 tool_use = (f"toolu_{next(self._ids):024d}", named[0], arguments)
                 text = None
             else:
-                text = "You said: " + user_text
+                fmt = (body.get("output_config") or {}).get("format") or {}
+                if fmt.get("type") == "json_schema":
+                    keys = (fmt.get("schema") or {}).get("properties") or {}
+                    text = json.dumps(dict.fromkeys(keys, user_text))
+                else:
+                    text = "You said: " + user_text
         input_tokens = _words(str(body.get("system", ""))) + sum(
             _words(" ".join(_texts(m["content"]))) for m in messages
         )

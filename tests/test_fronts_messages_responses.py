@@ -61,8 +61,12 @@ def test_the_messages_front_reads_a_body() -> None:
         ({"messages": []}, "messages: field required (a non-empty list of messages)"),
         ({"messages": ["hi"]}, "messages.0: must be an object"),
         (
-            {"messages": [{"role": "system", "content": "x"}]},
-            "messages.0.role: must be 'user' or 'assistant'",
+            {"messages": [{"role": "tool", "content": "x"}]},
+            "messages.0.role: must be 'user', 'assistant' or 'system'",
+        ),
+        (
+            {"messages": [{"role": "system", "content": [{"type": "image"}]}]},
+            "messages.0.content: a system turn may only hold text blocks",
         ),
         ({"messages": [{"role": "user"}]}, "messages.0.content: field required"),
         (

@@ -328,6 +328,11 @@ class Forwarder:
                 self._log_failure(call.request_id, target, failure, status)
             if isinstance(outcome, Success):
                 return self._result(trace, target, outcome, started)
+            if status is None and not outcome.retryable and last is not None and last.retryable:
+                # A fallback that cannot carry this request (refused before
+                # anything was sent) does not turn the earlier endpoint's
+                # outage into the client's fault: that failure stays the answer.
+                continue
             last = outcome
             if not outcome.retryable:
                 break

@@ -2,8 +2,8 @@
 `POST /v1/messages/count_tokens` (operation `messages`).
 
 :class:`MessagesFront` reads the body as Anthropic's API would before policy
-(model, a positive `max_tokens`, a non-empty `messages` list of user/assistant
-turns with string or block content, `stream` a boolean, ...), and answers
+(model, a positive `max_tokens`, a non-empty `messages` list of user, assistant
+and system turns with string or block content, `stream` a boolean, ...), and answers
 errors in Anthropic's shape so that the `anthropic` SDKs raise their own
 exception classes. The client's `anthropic-version` and `anthropic-beta`
 headers ride along for the native codecs. An endpoint without a native
@@ -33,7 +33,9 @@ from gateway.providers.anthropic.messages import (
     count_tokens_estimate,
 )
 
-ROLES = ("user", "assistant")
+# The 2026-10-21 API (and the SDK's MessageParam) takes `system` turns in
+# `messages` too, holding a string or text blocks only.
+ROLES = ("user", "assistant", "system")
 
 
 def _number(body: Mapping[str, Any], key: str) -> None:
@@ -68,10 +70,17 @@ def read_messages_body(body: Mapping[str, Any], *, max_tokens: bool = True) -> N
         if not isinstance(message, dict):
             raise invalid(f"messages.{index}: must be an object")
         if message.get("role") not in ROLES:
-            raise invalid(f"messages.{index}.role: must be 'user' or 'assistant'")
+            raise invalid(f"messages.{index}.role: must be 'user', 'assistant' or 'system'")
         if "content" not in message:
             raise invalid(f"messages.{index}.content: field required")
         _blocks(message["content"], f"messages.{index}.content")
+        content = message["content"]
+        if (
+            message["role"] == "system"
+            and isinstance(content, list)
+            and any(block["type"] != "text" for block in content)
+        ):
+            raise invalid(f"messages.{index}.content: a system turn may only hold text blocks")
     system = body.get("system")
     if system is not None:
         _blocks(system, "system")

@@ -5,8 +5,9 @@ user turn becomes `tool` messages for its `tool_result` blocks (first: they
 answer the previous assistant turn's calls) and a `user` message for the rest
 (text and images; PDFs as `file` parts where the target takes them); an
 assistant turn becomes one assistant message with its text and its `tool_use`
-blocks as `tool_calls`. `tools`, `tool_choice` (with
-`disable_parallel_tool_use`), `max_tokens`, `stop_sequences`, `temperature`,
+blocks as `tool_calls`; a system turn becomes a `system` message where it
+stands. `tools`, `tool_choice` (with `disable_parallel_tool_use`),
+`max_tokens`, `stop_sequences`, `temperature`,
 `top_p`, `metadata.user_id` and `output_config.format` map to their chat
 equivalents; `thinking` / `output_config.effort` become `reasoning_effort`
 where the target has it. Prompt-caching marks (`cache_control`), thinking
@@ -109,6 +110,8 @@ def to_chat(body: Mapping[str, Any], target: ChatTarget) -> tuple[dict[str, Any]
         content = message.get("content")
         if message.get("role") == "assistant":
             messages.append(_assistant(content, notes, index))
+        elif message.get("role") == "system":
+            messages.append({"role": "system", "content": _system_text(content, notes)})
         else:
             messages.extend(_user(content, notes, target, index))
     out: dict[str, Any] = {"model": body.get("model"), "messages": messages}

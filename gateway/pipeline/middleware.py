@@ -57,7 +57,7 @@ def request_middleware(
             ctx = RequestContext(request, front, request_id, record)
             ctx.span = tracing.start_request("POST", request.path, request.headers, request_id)
             request[CONTEXT] = ctx
-        shape = front or default_front
+        shape = front or _shape_for(request.path, fronts, default_front)
         try:
             try:
                 response = await handler(request)
@@ -91,6 +91,19 @@ def request_middleware(
                 write_record(ctx, pipeline.observers)
 
     return middleware
+
+
+def _shape_for(path: str, fronts: Mapping[str, Front], default: Front) -> Front:
+    """The error shape of a request that is no model request (a GET, an unknown
+    path): the front whose path it is or lies under, so that an Anthropic SDK
+    calling `/v1/messages/batches` gets its own 404 class and shape."""
+    best: tuple[int, Front] | None = None
+    for prefix, front in fronts.items():
+        if (path == prefix or path.startswith(prefix + "/")) and (
+            best is None or len(prefix) > best[0]
+        ):
+            best = (len(prefix), front)
+    return best[1] if best is not None else default
 
 
 def _fail(
